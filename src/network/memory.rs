@@ -1,0 +1,1 @@
+//! In-process transport for tests. (Skeleton: implementation in progress.)

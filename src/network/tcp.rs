@@ -1,0 +1,1 @@
+//! TCP transport. (Skeleton: implementation in progress.)

@@ -1,0 +1,163 @@
+//! The Raft consensus core.
+//!
+//! A [`Node`] is a deterministic state machine: the caller drives it with
+//! [`Node::tick`], [`Node::step`], [`Node::propose`] and [`Node::read_index`],
+//! then takes its outputs with [`Node::ready`]. It never touches a socket,
+//! clock, thread or file; its randomness comes from the seed in [`Config`].
+//!
+//! The driving loop, as the server and the simulator run it:
+//!
+//! 1. feed inputs (ticks, peer messages, proposals, read requests);
+//! 2. `let rd = node.ready()`;
+//! 3. send `rd.messages` (safe before the local sync);
+//! 4. if `rd.needs_sync`, call [`Node::sync`] (makes term, vote and log
+//!    durable and lets a leader count itself towards a quorum);
+//! 5. send `rd.messages_after_sync`;
+//! 6. apply `rd.committed` in order, and serve each of `rd.reads` once the
+//!    state machine has applied up to its index;
+//! 7. repeat from 2 while [`Node::has_ready`] is true.
+
+pub mod message;
+pub mod node;
+
+pub use message::Message;
+pub use node::Node;
+
+use crate::storage::Entry;
+use crate::timing::TimingConfig;
+use crate::{LogIndex, NodeId, Term};
+
+/// Static configuration of a Raft node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// Every voting member, this node included.
+    pub peers: Vec<NodeId>,
+    /// A leader sends a heartbeat every this many ticks.
+    pub heartbeat_ticks: u32,
+    /// Election timeouts are drawn uniformly from `election_ticks_min..election_ticks_max`.
+    pub election_ticks_min: u32,
+    pub election_ticks_max: u32,
+    /// Run a pre-vote round before starting an election.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum for an election timeout steps down.
+    pub check_quorum: bool,
+    /// Maximum number of append messages in flight to one follower.
+    pub max_inflight: usize,
+    /// Soft limit on the payload bytes carried by one append message.
+    pub max_append_bytes: usize,
+    /// Seed of the node's random generator (election timeouts).
+    pub seed: u64,
+    /// A deliberately broken rule, for proving the simulator catches it.
+    #[cfg(feature = "mutations")]
+    pub mutation: Option<Mutation>,
+}
+
+impl Config {
+    /// A configuration with sensible defaults: 1 tick heartbeats, 10-20 tick
+    /// election timeouts, PreVote and CheckQuorum on.
+    pub fn new(id: NodeId, peers: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            peers,
+            heartbeat_ticks: 1,
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight: 64,
+            max_append_bytes: 1 << 20,
+            seed: id,
+            #[cfg(feature = "mutations")]
+            mutation: None,
+        }
+    }
+
+    /// Takes tick counts from a validated [`TimingConfig`].
+    pub fn with_timing(mut self, timing: &TimingConfig) -> Self {
+        self.heartbeat_ticks = timing.heartbeat_ticks();
+        self.election_ticks_min = timing.election_ticks_min();
+        self.election_ticks_max = timing.election_ticks_max();
+        self
+    }
+}
+
+/// Deliberately broken Raft rules. Compiled only with the `mutations`
+/// feature; each one must be caught by the simulator.
+#[cfg(feature = "mutations")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Count votes that arrive from an older term.
+    CountStaleVotes,
+    /// Commit an entry from an older term by counting its replicas.
+    CommitOldTermEntry,
+    /// Grant votes without checking that the candidate's log is up to date.
+    SkipVoteLogCheck,
+    /// Followers accept appends carrying a stale term.
+    AcceptStaleAppend,
+    /// Serve reads without the quorum round.
+    ReadWithoutQuorum,
+}
+
+/// The role a node plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    /// Lower-case name, as printed by `status`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// A snapshot of a node's state, for status reports and checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    /// The leader this node believes in, if any.
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub last_index: LogIndex,
+}
+
+/// A read request that is now safe to serve once the state machine has
+/// applied up to `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The caller's id for the request, as given to [`Node::read_index`].
+    pub id: u64,
+    pub index: LogIndex,
+}
+
+/// Outputs of the node, taken by the caller with [`Node::ready`].
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Messages that may be sent before the local log is synced (a leader's
+    /// appends to followers).
+    pub messages: Vec<(NodeId, Message)>,
+    /// Messages that may leave only after [`Node::sync`] (votes, append
+    /// responses: they promise durability).
+    pub messages_after_sync: Vec<(NodeId, Message)>,
+    /// Newly committed entries, in order, to apply to the state machine.
+    pub committed: Vec<Entry>,
+    /// Reads that are now safe to serve.
+    pub reads: Vec<ReadState>,
+    /// Read requests that can no longer be served by this node (it lost
+    /// leadership); the caller answers them with a redirect.
+    pub failed_reads: Vec<u64>,
+    /// Whether the log has unsynced changes that [`Node::sync`] must persist.
+    pub needs_sync: bool,
+}

@@ -1,0 +1,1 @@
+//! File storage backends. (Skeleton: implementation in progress.)

@@ -1,0 +1,1 @@
+//! In-memory storage backends. (Skeleton: implementation in progress.)

@@ -1,0 +1,100 @@
+//! Storage traits and their backends.
+//!
+//! - [`LogStorage`]: the Raft log. Appends are buffered; [`LogStorage::sync`]
+//!   makes everything appended so far durable, so the caller can batch many
+//!   appends behind one sync (group commit).
+//! - [`StateStorage`]: the current term and vote, saved atomically and durably.
+//! - [`KvStorage`]: the store the key-value state machine applies to, with the
+//!   index of the last applied entry kept consistent with the data.
+//!
+//! Each trait has an in-memory backend ([`memory`]) for tests and simulation,
+//! which models durability honestly (unsynced writes can be lost by a
+//! simulated crash), and a crash-safe file backend ([`file`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{LogIndex, NodeId, Result, Term};
+
+pub mod file;
+pub mod memory;
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub index: LogIndex,
+    pub term: Term,
+    /// The command for the state machine. Empty for the no-op entry a new
+    /// leader appends on election.
+    pub data: Vec<u8>,
+}
+
+/// The Raft log.
+///
+/// Indexes are contiguous: the log holds entries `first_index()..=last_index()`.
+/// Entries before `first_index()` have been discarded (compacted into a
+/// snapshot); the term of the last discarded entry is still known.
+pub trait LogStorage: Send {
+    /// Appends entries. `entries[0].index` must be `last_index() + 1` and the
+    /// indexes contiguous. Appending does not imply syncing.
+    fn append(&mut self, entries: &[Entry]) -> Result<()>;
+    /// Returns the entries with indexes in `lo..hi`, which must lie within
+    /// `first_index()..=last_index() + 1`.
+    fn entries(&self, lo: LogIndex, hi: LogIndex) -> Result<Vec<Entry>>;
+    /// The term of the entry at `index`. Returns the term of the last
+    /// discarded entry for `first_index() - 1`, `Some(0)` for index 0, and
+    /// `None` for indexes that are discarded further back or beyond the end.
+    fn term(&self, index: LogIndex) -> Result<Option<Term>>;
+    /// Index of the first entry held (1 for a log that discarded nothing).
+    fn first_index(&self) -> LogIndex;
+    /// Index of the last entry (or of the last discarded entry if the log is
+    /// empty; 0 for a fresh log).
+    fn last_index(&self) -> LogIndex;
+    /// Removes every entry with an index greater than `index` (used when a
+    /// follower's log conflicts with the leader's).
+    fn truncate_after(&mut self, index: LogIndex) -> Result<()>;
+    /// Discards every entry up to and including `index`, remembering `term`
+    /// as the term at `index`. Used once a snapshot covers that prefix.
+    fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()>;
+    /// Makes every change made so far durable.
+    fn sync(&mut self) -> Result<()>;
+}
+
+/// The persistent part of Raft's state besides the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+}
+
+/// Stores [`HardState`] atomically and durably.
+pub trait StateStorage: Send {
+    /// The last state saved (the default state if none was ever saved).
+    fn load(&self) -> Result<HardState>;
+    /// Saves `state`; when this returns, it survives a crash.
+    fn save(&mut self, state: &HardState) -> Result<()>;
+}
+
+/// One write applied to a [`KvStorage`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvWrite {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// The store the key-value state machine applies to.
+///
+/// `write` applies a batch and records the log index it came from as one
+/// atomic step; `flush` makes everything written so far durable. After a
+/// crash the store reopens at the state of some flush, data and applied index
+/// agreeing, and the state machine replays the log from there.
+pub trait KvStorage: Send {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// All pairs whose key starts with `prefix`, sorted by key.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Applies `batch` and sets the applied index to `applied`, atomically.
+    fn write(&mut self, applied: LogIndex, batch: Vec<KvWrite>) -> Result<()>;
+    /// The index of the last log entry whose writes are in the store.
+    fn applied_index(&self) -> LogIndex;
+    /// Makes all writes durable.
+    fn flush(&mut self) -> Result<()>;
+}
