@@ -67,15 +67,14 @@ impl MemoryLog {
 impl LogStorage for MemoryLog {
     fn append(&mut self, entries: &[Entry]) -> Result<()> {
         let mut inner = self.lock();
-        let mut next = inner.current.last_index() + 1;
-        for e in entries {
-            if e.index != next {
+        let first = inner.current.last_index() + 1;
+        for (expected, e) in (first..).zip(entries) {
+            if e.index != expected {
                 return Err(Error::InvalidInput(format!(
-                    "append of index {} where {next} was expected",
+                    "append of index {} where {expected} was expected",
                     e.index
                 )));
             }
-            next += 1;
         }
         inner.current.entries.extend_from_slice(entries);
         Ok(())
