@@ -63,7 +63,7 @@ use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -93,6 +93,8 @@ const IDLE_PROBE: Duration = Duration::from_millis(50);
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the
 /// listener does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Minimum time between two warnings about the same peer.
+const WARN_INTERVAL: Duration = Duration::from_secs(30);
 /// How long shutdown waits to connect to its own listener to wake it.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -314,7 +316,11 @@ struct PeerQueue {
     tx: SyncSender<Message>,
     /// Whether the last send found the queue full (for logging transitions).
     full: bool,
-    dropped_since_full: u64,
+    /// Messages dropped since the last warning about this queue.
+    dropped: u64,
+    /// When the queue last filled up with a warning logged; fill-ups within
+    /// [`WARN_INTERVAL`] of it are logged at debug level.
+    last_warning: Option<Instant>,
 }
 
 /// Sends and receives Raft messages over TCP. See the [module docs](self).
@@ -402,7 +408,8 @@ impl TcpTransport {
                 conn: None,
                 backoff: config.backoff_min,
                 retry_at: None,
-                failing: false,
+                last_warning: None,
+                warned: false,
                 scratch: Vec::new(),
             };
             let handle = thread::Builder::new()
@@ -415,7 +422,8 @@ impl TcpTransport {
                 PeerQueue {
                     tx,
                     full: false,
-                    dropped_since_full: 0,
+                    dropped: 0,
+                    last_warning: None,
                 },
             );
         }
@@ -448,10 +456,11 @@ impl Transport for TcpTransport {
 
     fn send(&mut self, to: NodeId, msg: Message) {
         let counters = &self.shared.counters;
+        let me = self.shared.config.id;
         let Some(queue) = self.queues.get_mut(&to) else {
             bump(&counters.dropped_unreachable);
             if self.phase == Phase::Running {
-                debug!("dropping a message for node {to}, which is not a peer");
+                debug!("node {me}: dropping a message for node {to}, which is not a peer");
             }
             return;
         };
@@ -459,22 +468,28 @@ impl Transport for TcpTransport {
             Ok(()) => {
                 if queue.full {
                     queue.full = false;
-                    info!(
-                        "queue to node {to} accepts messages again ({} dropped while full)",
-                        queue.dropped_since_full
-                    );
+                    debug!("node {me}: queue to node {to} accepts messages again");
                 }
             }
             Err(TrySendError::Full(_)) => {
                 bump(&counters.dropped_queue_full);
-                queue.dropped_since_full += 1;
+                queue.dropped += 1;
                 if !queue.full {
                     queue.full = true;
-                    queue.dropped_since_full = 1;
-                    warn!(
-                        "queue to node {to} is full ({} messages); dropping messages until it drains",
-                        self.shared.config.queue_capacity
-                    );
+                    if queue
+                        .last_warning
+                        .is_none_or(|t| t.elapsed() >= WARN_INTERVAL)
+                    {
+                        warn!(
+                            "node {me}: queue to node {to} is full ({} messages); dropping \
+                             messages until it drains ({} dropped since the last warning)",
+                            self.shared.config.queue_capacity, queue.dropped
+                        );
+                        queue.last_warning = Some(Instant::now());
+                        queue.dropped = 0;
+                    } else {
+                        debug!("node {me}: queue to node {to} is full");
+                    }
                 }
             }
             Err(TrySendError::Disconnected(_)) => bump(&counters.dropped_unreachable),
@@ -577,9 +592,11 @@ struct Writer {
     backoff: Duration,
     /// No connection attempt before this instant.
     retry_at: Option<Instant>,
-    /// Whether the peer has been unreachable since the last success (to log
-    /// only the first failure loudly).
-    failing: bool,
+    /// When a problem with this peer was last logged as a warning; more
+    /// problems within [`WARN_INTERVAL`] are logged at debug level.
+    last_warning: Option<Instant>,
+    /// Whether a warning was logged since the last successful connection.
+    warned: bool,
     /// Reused encoding buffer.
     scratch: Vec<u8>,
 }
@@ -624,9 +641,10 @@ impl Writer {
             Ok(conn) => {
                 self.conn = Some(conn);
                 bump(&self.shared.counters.connects);
-                if self.failing {
+                if self.warned {
+                    self.warned = false;
                     info!(
-                        "node {}: reached node {} at {} again",
+                        "node {}: connected to node {} at {} again",
                         self.shared.config.id, self.peer, self.addr
                     );
                 } else {
@@ -635,24 +653,15 @@ impl Writer {
                         self.shared.config.id, self.peer, self.addr
                     );
                 }
-                self.failing = false;
                 self.retry_at = None;
                 true
             }
             Err(e) => {
                 bump(&self.shared.counters.connect_failures);
-                if self.failing || self.shared.stopping() {
-                    debug!(
-                        "node {}: cannot reach node {} at {}: {e}",
-                        self.shared.config.id, self.peer, self.addr
-                    );
-                } else {
-                    warn!(
-                        "node {}: cannot reach node {} at {}: {e}; retrying with backoff",
-                        self.shared.config.id, self.peer, self.addr
-                    );
-                }
-                self.failing = true;
+                let (peer, addr) = (self.peer, self.addr);
+                self.report(format_args!(
+                    "cannot reach node {peer} at {addr}: {e}; retrying with backoff"
+                ));
                 self.schedule_retry();
                 false
             }
@@ -695,16 +704,12 @@ impl Writer {
     /// Writes `first` and everything else already queued, then flushes.
     fn write_batch(&mut self, first: &Message) -> io::Result<()> {
         self.write_message(first)?;
-        loop {
-            match self.rx.try_recv() {
-                Ok(msg) => {
-                    if self.shared.stopping() {
-                        return Ok(());
-                    }
-                    self.write_message(&msg)?;
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        // Empty or disconnected: either way, flush what is written.
+        while let Ok(msg) = self.rx.try_recv() {
+            if self.shared.stopping() {
+                return Ok(());
             }
+            self.write_message(&msg)?;
         }
         let conn = self.conn.as_mut().expect("connected before writing");
         conn.out.flush()?;
@@ -747,12 +752,39 @@ impl Writer {
                 self.backoff = self.shared.config.backoff_min;
             }
         }
-        debug!(
-            "node {}: connection to node {} at {} failed: {error}",
-            self.shared.config.id, self.peer, self.addr
-        );
+        let (peer, addr, timeout) = (self.peer, self.addr, self.shared.config.write_timeout);
+        if matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            self.report(format_args!(
+                "node {peer} at {addr} accepted no data for {timeout:?} (stalled or overloaded); reconnecting"
+            ));
+        } else {
+            self.report(format_args!(
+                "connection to node {peer} at {addr} failed: {error}; reconnecting"
+            ));
+        }
         self.drop_connection();
         self.schedule_retry();
+    }
+
+    /// Logs a problem with this peer: as a warning at most once per
+    /// [`WARN_INTERVAL`], at debug level otherwise, so a peer that stays down
+    /// does not flood the log.
+    fn report(&mut self, problem: fmt::Arguments<'_>) {
+        let id = self.shared.config.id;
+        let quiet = self.shared.stopping()
+            || self
+                .last_warning
+                .is_some_and(|t| t.elapsed() < WARN_INTERVAL);
+        if quiet {
+            debug!("node {id}: {problem}");
+        } else {
+            warn!("node {id}: {problem}");
+            self.last_warning = Some(Instant::now());
+            self.warned = true;
+        }
     }
 
     /// Closes the connection without flushing what is still buffered (a
@@ -939,8 +971,10 @@ impl Reader {
         let Some(body) = read_frame(&mut input, HELLO_MAX.min(config.max_frame))? else {
             return Ok(());
         };
-        let hello: Hello = frame::decode(&body)
-            .map_err(|e| Error::Protocol(format!("malformed handshake: {e}")))?;
+        let hello: Hello = frame::decode(&body).map_err(|e| match e {
+            Error::Protocol(reason) => Error::Protocol(format!("bad handshake: {reason}")),
+            other => other,
+        })?;
         check_hello(&hello, config)?;
         let from = hello.node;
         self.node = Some(from);
