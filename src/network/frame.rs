@@ -75,6 +75,12 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("serializing to memory cannot fail")
 }
 
+/// Encodes a value with postcard, appending the bytes to `buf`. Clearing and
+/// reusing one buffer for many values avoids an allocation per value.
+pub fn encode_into<T: serde::Serialize>(value: &T, buf: &mut Vec<u8>) {
+    postcard::to_io(value, buf).expect("serializing to memory cannot fail");
+}
+
 /// Decodes a value encoded by [`encode`].
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| Error::Protocol(format!("malformed message: {e}")))

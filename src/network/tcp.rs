@@ -1,37 +1,1092 @@
-//! TCP transport. (Placeholder signatures: implementation in progress.)
+//! The TCP transport: Raft messages between nodes over plain TCP.
+//!
+//! # Threads
+//!
+//! - One listener thread accepts inbound connections and starts one reader
+//!   thread per connection.
+//! - A reader thread reads frames, decodes each into a [`Message`] and hands
+//!   it to the [`Inbox`], attributed to the node named in the handshake.
+//! - One writer thread per peer owns that peer's outbound connection. It
+//!   takes messages from a bounded queue, connects lazily, writes frames
+//!   through a buffer and flushes whenever the queue is momentarily empty, so
+//!   a burst of messages leaves in few system calls.
+//!
+//! No thread is created per message, and after warm-up a message costs one
+//! encoding into a reused buffer on the way out and one frame buffer on the
+//! way in.
+//!
+//! # Connections
+//!
+//! Every connection carries messages in one direction only: the dialing side
+//! is the sender. It opens with a `Hello` frame naming the protocol
+//! ([`PROTOCOL`]), the cluster identity (see [`cluster_identity`]) and the
+//! sender's node id. The accepting side closes the connection unless the
+//! protocol and cluster match and the id is one of its peers.
+//!
+//! # Invariants
+//!
+//! - [`TcpTransport::send`] never blocks: it only tries to enqueue. A full
+//!   queue drops the message and counts it ([`TcpStats::dropped_queue_full`]);
+//!   Raft retransmits what matters.
+//! - A dead, slow or paused peer stalls only its own writer thread, and only
+//!   for a bounded time: connects give up after
+//!   [`TcpConfig::connect_timeout`], a write that makes no progress for
+//!   [`TcpConfig::write_timeout`] drops the connection. Reconnection attempts
+//!   back off exponentially from [`TcpConfig::backoff_min`] to
+//!   [`TcpConfig::backoff_max`]; while a peer is unreachable, messages for it
+//!   are dropped rather than kept to be delivered stale.
+//! - Anything that does not parse on an inbound connection (garbage, a wrong
+//!   magic or version, an oversized frame, a malformed body, a foreign cluster,
+//!   an unknown node) closes that connection only and is logged. A connection
+//!   that sends no valid handshake within [`TcpConfig::handshake_timeout`] is
+//!   closed, and at most [`TcpConfig::max_inbound`] inbound connections are
+//!   served at once, so stray connections cannot pin threads forever.
+//! - When a node dials again, its older inbound connection is retired as soon
+//!   as it falls idle, so a half-open connection left by a crashed peer does
+//!   not keep a reader thread alive.
+//! - Messages from one sender arrive in the order they were sent, except
+//!   around a reconnection, when the tail of the old connection may be
+//!   delivered alongside the start of the new one (Raft tolerates reordering
+//!   and loss).
+//! - [`TcpTransport::shutdown`] stops and joins every thread, even if a peer
+//!   is paused: it shuts down every socket a thread may be blocked on. After
+//!   it returns the inbox is never called again.
+//!
+//! # Binding
+//!
+//! [`TcpTransport::new`] binds the listening socket immediately, so a port
+//! conflict is reported before the server does anything else; threads start
+//! only in [`Transport::start`].
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
+use log::{debug, info, warn};
+use serde::{Deserialize, Serialize};
+
+use super::frame::{self, read_frame, write_frame};
 use super::{Inbox, Transport};
 use crate::raft::Message;
-use crate::{NodeId, Result};
+use crate::{Error, NodeId, Result};
 
-/// Configuration of a [`TcpTransport`].
+/// The protocol name a dialing node sends in its handshake.
+pub const PROTOCOL: &str = "kvapp-c/raft/1";
+
+/// Largest handshake frame accepted (it holds the cluster identity).
+const HELLO_MAX: usize = 64 << 10;
+/// Capacity of the read and write buffers of one connection.
+const IO_BUFFER: usize = 64 << 10;
+/// Upper bound on the encoding buffer a writer keeps between messages.
+const SCRATCH_KEEP: usize = 1 << 20;
+/// How often an idle reader wakes to check whether it should stop.
+const READ_POLL: Duration = Duration::from_millis(500);
+/// An outbound connection idle for longer than this is probed before use, so
+/// a peer that closed it (e.g. restarted) does not swallow the next message.
+const IDLE_PROBE: Duration = Duration::from_millis(50);
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the
+/// listener does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Minimum time between two warnings about the same peer.
+const WARN_INTERVAL: Duration = Duration::from_secs(30);
+/// How long shutdown waits to connect to its own listener to wake it.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Configuration of a [`TcpTransport`]. Build it with [`TcpConfig::new`] and
+/// adjust the public fields if the defaults do not fit.
+#[derive(Clone, Debug)]
 pub struct TcpConfig {
+    /// This node's id.
     pub id: NodeId,
+    /// The cluster identity both sides of a connection must agree on,
+    /// usually [`cluster_identity`] of the member list.
     pub cluster: String,
+    /// The address to listen on for inbound peer connections (the Raft port).
     pub listen: SocketAddr,
+    /// Every other member: its id and Raft address. Must not contain `id`.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Messages queued per peer before new ones are dropped. Default 1024.
+    pub queue_capacity: usize,
+    /// Largest frame body sent or accepted, in bytes. Default
+    /// [`frame::MAX_FRAME`].
+    pub max_frame: usize,
+    /// How long a connection attempt may take. Default 1 s.
+    pub connect_timeout: Duration,
+    /// How long one write may make no progress before the connection is
+    /// dropped and re-established. Default 2 s.
+    pub write_timeout: Duration,
+    /// How long an inbound connection may take to send its handshake.
+    /// Default 5 s.
+    pub handshake_timeout: Duration,
+    /// First delay before reconnecting after a failure. Default 10 ms.
+    pub backoff_min: Duration,
+    /// The delay doubles after every consecutive failure up to this cap.
+    /// Default 1 s.
+    pub backoff_max: Duration,
+    /// Inbound connections served at once; more are closed on accept.
+    /// Default 64.
+    pub max_inbound: usize,
 }
 
-/// TCP transport.
-pub struct TcpTransport {}
+impl TcpConfig {
+    /// A configuration with default limits and timeouts.
+    pub fn new(
+        id: NodeId,
+        cluster: impl Into<String>,
+        listen: SocketAddr,
+        peers: BTreeMap<NodeId, SocketAddr>,
+    ) -> Self {
+        TcpConfig {
+            id,
+            cluster: cluster.into(),
+            listen,
+            peers,
+            queue_capacity: 1024,
+            max_frame: frame::MAX_FRAME,
+            connect_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            max_inbound: 64,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::Config(msg));
+        if self.peers.contains_key(&self.id) {
+            return fail(format!("node {} is listed among its own peers", self.id));
+        }
+        if self.queue_capacity == 0 {
+            return fail("the peer queue capacity must be at least 1".into());
+        }
+        if self.max_frame == 0 || u32::try_from(self.max_frame).is_err() {
+            return fail(format!(
+                "the frame limit must be between 1 and {} bytes",
+                u32::MAX
+            ));
+        }
+        if self.max_inbound == 0 {
+            return fail("at least one inbound connection must be allowed".into());
+        }
+        for (name, value) in [
+            ("connect timeout", self.connect_timeout),
+            ("write timeout", self.write_timeout),
+            ("handshake timeout", self.handshake_timeout),
+            ("minimum reconnect backoff", self.backoff_min),
+        ] {
+            if value.is_zero() {
+                return fail(format!("the {name} must be greater than zero"));
+            }
+        }
+        if self.backoff_max < self.backoff_min {
+            return fail("the maximum reconnect backoff is below the minimum".into());
+        }
+        Ok(())
+    }
+}
+
+/// The cluster identity for a member list: the members' addresses joined by
+/// commas, in cluster order. Order is kept on purpose: node ids are positions
+/// in the list, so two nodes given the same addresses in a different order
+/// disagree about who is who and must not talk to each other.
+pub fn cluster_identity<T: fmt::Display>(members: &[T]) -> String {
+    members
+        .iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Counters of a [`TcpTransport`] since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Messages written to an outbound connection's buffer. A message counted
+    /// here can still be lost if the connection breaks before it is read.
+    pub sent: u64,
+    /// Inbound messages delivered to the inbox.
+    pub received: u64,
+    /// Messages dropped because their peer's queue was full.
+    pub dropped_queue_full: u64,
+    /// Messages dropped because their peer could not be reached (waiting to
+    /// reconnect, connection failed, unknown peer, or not running).
+    pub dropped_unreachable: u64,
+    /// Messages dropped because their encoding exceeds the frame limit.
+    pub dropped_oversized: u64,
+    /// Outbound connections established.
+    pub connects: u64,
+    /// Outbound connection attempts that failed.
+    pub connect_failures: u64,
+    /// Inbound connections closed for breaking the protocol, failing the
+    /// handshake or exceeding the connection limit.
+    pub rejected_connections: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_unreachable: AtomicU64,
+    dropped_oversized: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+    rejected_connections: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> TcpStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TcpStats {
+            sent: get(&self.sent),
+            received: get(&self.received),
+            dropped_queue_full: get(&self.dropped_queue_full),
+            dropped_unreachable: get(&self.dropped_unreachable),
+            dropped_oversized: get(&self.dropped_oversized),
+            connects: get(&self.connects),
+            connect_failures: get(&self.connect_failures),
+            rejected_connections: get(&self.rejected_connections),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded registries stay consistent
+/// even if a thread panicked while holding the lock.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The first frame on every connection.
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    protocol: String,
+    cluster: String,
+    node: NodeId,
+}
+
+/// State shared by all threads of one transport.
+struct Shared {
+    config: TcpConfig,
+    stopping: AtomicBool,
+    counters: Counters,
+    inbound: Mutex<Inbound>,
+    /// The current outbound stream of each writer, so shutdown can unblock a
+    /// writer stuck on a paused peer.
+    outbound: Mutex<HashMap<NodeId, TcpStream>>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// Registry of inbound connections.
+#[derive(Default)]
+struct Inbound {
+    next_conn: u64,
+    conns: HashMap<u64, InboundConn>,
+    /// The newest handshaken connection of each node and its retire flag.
+    current: HashMap<NodeId, (u64, Arc<AtomicBool>)>,
+}
+
+struct InboundConn {
+    stream: TcpStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Bound,
+    Running,
+    Stopped,
+}
+
+struct PeerQueue {
+    tx: SyncSender<Message>,
+    /// Whether the last send found the queue full (for logging transitions).
+    full: bool,
+    /// Messages dropped since the last warning about this queue.
+    dropped: u64,
+    /// When the queue last filled up with a warning logged; fill-ups within
+    /// [`WARN_INTERVAL`] of it are logged at debug level.
+    last_warning: Option<Instant>,
+}
+
+/// Sends and receives Raft messages over TCP. See the [module docs](self).
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    listener: Option<TcpListener>,
+    listener_thread: Option<JoinHandle<()>>,
+    queues: BTreeMap<NodeId, PeerQueue>,
+    writer_threads: Vec<JoinHandle<()>>,
+    phase: Phase,
+}
 
 impl TcpTransport {
+    /// Validates `config` and binds its listening address. No thread starts
+    /// until [`Transport::start`].
     pub fn new(config: TcpConfig) -> Result<TcpTransport> {
-        let _ = config;
-        unimplemented!()
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .map_err(|e| Error::io(format!("binding Raft port {}", config.listen), e))?;
+        Self::build(config, listener)
+    }
+
+    /// Like [`TcpTransport::new`], but uses a listener the caller already
+    /// bound (e.g. to port 0, to learn every member's address before creating
+    /// any transport). `config.listen` is replaced by the listener's address.
+    pub fn with_listener(config: TcpConfig, listener: TcpListener) -> Result<TcpTransport> {
+        config.validate()?;
+        Self::build(config, listener)
+    }
+
+    fn build(mut config: TcpConfig, listener: TcpListener) -> Result<TcpTransport> {
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the Raft listener's address", e))?;
+        config.listen = local_addr;
+        Ok(TcpTransport {
+            shared: Arc::new(Shared {
+                config,
+                stopping: AtomicBool::new(false),
+                counters: Counters::default(),
+                inbound: Mutex::new(Inbound::default()),
+                outbound: Mutex::new(HashMap::new()),
+            }),
+            local_addr,
+            listener: Some(listener),
+            listener_thread: None,
+            queues: BTreeMap::new(),
+            writer_threads: Vec::new(),
+            phase: Phase::Bound,
+        })
+    }
+
+    /// The address the transport listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The transport's counters so far.
+    pub fn stats(&self) -> TcpStats {
+        self.shared.counters.snapshot()
+    }
+
+    fn spawn_threads(&mut self, inbox: Inbox) -> Result<()> {
+        let config = &self.shared.config;
+        let id = config.id;
+        let listener = self
+            .listener
+            .take()
+            .ok_or_else(|| Error::Failed("the Raft listener is gone".into()))?;
+        let shared = Arc::clone(&self.shared);
+        self.listener_thread = Some(
+            thread::Builder::new()
+                .name(format!("raft-listen-{id}"))
+                .spawn(move || run_listener(listener, shared, inbox))
+                .map_err(|e| Error::io("starting the Raft listener thread", e))?,
+        );
+        for (&peer, &addr) in &config.peers {
+            let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+            let writer = Writer {
+                peer,
+                addr,
+                shared: Arc::clone(&self.shared),
+                rx,
+                conn: None,
+                backoff: config.backoff_min,
+                retry_at: None,
+                last_warning: None,
+                warned: false,
+                scratch: Vec::new(),
+            };
+            let handle = thread::Builder::new()
+                .name(format!("raft-send-{id}-{peer}"))
+                .spawn(move || writer.run())
+                .map_err(|e| Error::io(format!("starting the writer thread for node {peer}"), e))?;
+            self.writer_threads.push(handle);
+            self.queues.insert(
+                peer,
+                PeerQueue {
+                    tx,
+                    full: false,
+                    dropped: 0,
+                    last_warning: None,
+                },
+            );
+        }
+        Ok(())
     }
 }
 
 impl Transport for TcpTransport {
     fn start(&mut self, inbox: Inbox) -> Result<()> {
-        let _ = inbox;
-        unimplemented!()
+        match self.phase {
+            Phase::Bound => {}
+            Phase::Running => {
+                return Err(Error::Failed("the transport is already running".into()));
+            }
+            Phase::Stopped => return Err(Error::Shutdown),
+        }
+        self.phase = Phase::Running;
+        if let Err(e) = self.spawn_threads(inbox) {
+            self.shutdown();
+            return Err(e);
+        }
+        info!(
+            "node {}: Raft transport listening on {} with {} peer(s)",
+            self.shared.config.id,
+            self.local_addr,
+            self.shared.config.peers.len()
+        );
+        Ok(())
     }
+
     fn send(&mut self, to: NodeId, msg: Message) {
-        let _ = (to, msg);
+        let counters = &self.shared.counters;
+        let me = self.shared.config.id;
+        let Some(queue) = self.queues.get_mut(&to) else {
+            bump(&counters.dropped_unreachable);
+            if self.phase == Phase::Running {
+                debug!("node {me}: dropping a message for node {to}, which is not a peer");
+            }
+            return;
+        };
+        match queue.tx.try_send(msg) {
+            Ok(()) => {
+                if queue.full {
+                    queue.full = false;
+                    debug!("node {me}: queue to node {to} accepts messages again");
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                bump(&counters.dropped_queue_full);
+                queue.dropped += 1;
+                if !queue.full {
+                    queue.full = true;
+                    if queue
+                        .last_warning
+                        .is_none_or(|t| t.elapsed() >= WARN_INTERVAL)
+                    {
+                        warn!(
+                            "node {me}: queue to node {to} is full ({} messages); dropping \
+                             messages until it drains ({} dropped since the last warning)",
+                            self.shared.config.queue_capacity, queue.dropped
+                        );
+                        queue.last_warning = Some(Instant::now());
+                        queue.dropped = 0;
+                    } else {
+                        debug!("node {me}: queue to node {to} is full");
+                    }
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => bump(&counters.dropped_unreachable),
+        }
     }
-    fn shutdown(&mut self) {}
+
+    fn shutdown(&mut self) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        self.phase = Phase::Stopped;
+        let shared = &self.shared;
+        shared.stopping.store(true, Ordering::SeqCst);
+        self.listener = None;
+
+        // Writers: closing the queues ends their loops; shutting their sockets
+        // down unblocks any write stuck on a paused peer.
+        self.queues.clear();
+        for stream in lock(&shared.outbound).values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+
+        // Listener: it checks the stop flag after every accept, so one
+        // connection to ourselves wakes it.
+        if let Some(handle) = self.listener_thread.take() {
+            match TcpStream::connect_timeout(&wake_addr(self.local_addr), WAKE_TIMEOUT) {
+                Ok(_) => join(handle, "listener"),
+                Err(e) => warn!(
+                    "could not wake the Raft listener on {} to stop it: {e}; leaving it behind",
+                    self.local_addr
+                ),
+            }
+        }
+        for handle in self.writer_threads.drain(..) {
+            join(handle, "writer");
+        }
+
+        // Readers: no new ones can appear now that the listener is gone.
+        let conns: Vec<InboundConn> = lock(&shared.inbound)
+            .conns
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for conn in &conns {
+            let _ = conn.stream.shutdown(Shutdown::Both);
+        }
+        for conn in conns {
+            if let Some(handle) = conn.thread {
+                join(handle, "reader");
+            }
+        }
+        debug!("node {}: Raft transport stopped", shared.config.id);
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Joins a transport thread unless it is the calling thread (shutdown called
+/// from inside the inbox), reporting a panic.
+fn join(handle: JoinHandle<()>, what: &str) {
+    if handle.thread().id() == thread::current().id() {
+        return;
+    }
+    if handle.join().is_err() {
+        warn!("a Raft transport {what} thread panicked");
+    }
+}
+
+/// The address to connect to in order to reach a listener bound to `addr`.
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+// ---------------------------------------------------------------- outbound
+
+/// An established outbound connection.
+struct Connection {
+    out: BufWriter<TcpStream>,
+    opened: Instant,
+    last_write: Instant,
+}
+
+/// The writer thread of one peer.
+struct Writer {
+    peer: NodeId,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    rx: Receiver<Message>,
+    conn: Option<Connection>,
+    /// Delay before the next attempt after another failure.
+    backoff: Duration,
+    /// No connection attempt before this instant.
+    retry_at: Option<Instant>,
+    /// When a problem with this peer was last logged as a warning; more
+    /// problems within [`WARN_INTERVAL`] are logged at debug level.
+    last_warning: Option<Instant>,
+    /// Whether a warning was logged since the last successful connection.
+    warned: bool,
+    /// Reused encoding buffer.
+    scratch: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Ok(msg) = self.rx.recv() {
+            if self.shared.stopping() {
+                break;
+            }
+            if !self.ensure_connected() {
+                bump(&self.shared.counters.dropped_unreachable);
+                continue;
+            }
+            if let Err(e) = self.write_batch(&msg) {
+                self.disconnect(&e);
+            }
+            if self.scratch.capacity() > SCRATCH_KEEP {
+                self.scratch = Vec::new();
+            }
+        }
+        self.close();
+    }
+
+    /// Makes sure there is a usable connection, dialing if allowed by the
+    /// backoff schedule. Returns false if there is none.
+    fn ensure_connected(&mut self) -> bool {
+        if let Some(conn) = &self.conn {
+            if conn.last_write.elapsed() < IDLE_PROBE || peer_still_open(conn.out.get_ref()) {
+                return true;
+            }
+            debug!(
+                "node {}: connection to node {} was closed by the peer",
+                self.shared.config.id, self.peer
+            );
+            self.drop_connection();
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        match self.connect() {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                bump(&self.shared.counters.connects);
+                if self.warned {
+                    self.warned = false;
+                    info!(
+                        "node {}: connected to node {} at {} again",
+                        self.shared.config.id, self.peer, self.addr
+                    );
+                } else {
+                    debug!(
+                        "node {}: connected to node {} at {}",
+                        self.shared.config.id, self.peer, self.addr
+                    );
+                }
+                self.retry_at = None;
+                true
+            }
+            Err(e) => {
+                bump(&self.shared.counters.connect_failures);
+                let (peer, addr) = (self.peer, self.addr);
+                self.report(format_args!(
+                    "cannot reach node {peer} at {addr}: {e}; retrying with backoff"
+                ));
+                self.schedule_retry();
+                false
+            }
+        }
+    }
+
+    fn connect(&mut self) -> io::Result<Connection> {
+        let config = &self.shared.config;
+        let stream = TcpStream::connect_timeout(&self.addr, config.connect_timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(config.write_timeout))?;
+        {
+            let mut outbound = lock(&self.shared.outbound);
+            if self.shared.stopping() {
+                return Err(io::Error::other("the transport is shutting down"));
+            }
+            outbound.insert(self.peer, stream.try_clone()?);
+        }
+        let now = Instant::now();
+        let mut conn = Connection {
+            out: BufWriter::with_capacity(IO_BUFFER, stream),
+            opened: now,
+            last_write: now,
+        };
+        let hello = Hello {
+            protocol: PROTOCOL.into(),
+            cluster: config.cluster.clone(),
+            node: config.id,
+        };
+        self.scratch.clear();
+        frame::encode_into(&hello, &mut self.scratch);
+        if let Err(e) = write_frame(&mut conn.out, &self.scratch) {
+            self.conn = Some(conn);
+            self.drop_connection();
+            return Err(e);
+        }
+        Ok(conn)
+    }
+
+    /// Writes `first` and everything else already queued, then flushes.
+    fn write_batch(&mut self, first: &Message) -> io::Result<()> {
+        self.write_message(first)?;
+        // Empty or disconnected: either way, flush what is written.
+        while let Ok(msg) = self.rx.try_recv() {
+            if self.shared.stopping() {
+                return Ok(());
+            }
+            self.write_message(&msg)?;
+        }
+        let conn = self.conn.as_mut().expect("connected before writing");
+        conn.out.flush()?;
+        conn.last_write = Instant::now();
+        Ok(())
+    }
+
+    fn write_message(&mut self, msg: &Message) -> io::Result<()> {
+        self.scratch.clear();
+        frame::encode_into(msg, &mut self.scratch);
+        let counters = &self.shared.counters;
+        if self.scratch.len() > self.shared.config.max_frame {
+            bump(&counters.dropped_oversized);
+            warn!(
+                "node {}: dropping a {}-byte message for node {}: above the frame limit of {} bytes",
+                self.shared.config.id,
+                self.scratch.len(),
+                self.peer,
+                self.shared.config.max_frame
+            );
+            return Ok(());
+        }
+        let conn = self.conn.as_mut().expect("connected before writing");
+        write_frame(&mut conn.out, &self.scratch)?;
+        bump(&counters.sent);
+        Ok(())
+    }
+
+    /// Drops the connection after an error and schedules a reconnection.
+    fn disconnect(&mut self, error: &io::Error) {
+        if self.shared.stopping() {
+            self.drop_connection();
+            return;
+        }
+        if let Some(conn) = &self.conn {
+            // A connection that stayed up for a while was a success: start the
+            // backoff over. One that broke at once (e.g. the peer rejects our
+            // handshake) keeps backing off.
+            if conn.opened.elapsed() >= self.shared.config.backoff_max {
+                self.backoff = self.shared.config.backoff_min;
+            }
+        }
+        let (peer, addr, timeout) = (self.peer, self.addr, self.shared.config.write_timeout);
+        if matches!(
+            error.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            self.report(format_args!(
+                "node {peer} at {addr} accepted no data for {timeout:?} (stalled or overloaded); reconnecting"
+            ));
+        } else {
+            self.report(format_args!(
+                "connection to node {peer} at {addr} failed: {error}; reconnecting"
+            ));
+        }
+        self.drop_connection();
+        self.schedule_retry();
+    }
+
+    /// Logs a problem with this peer: as a warning at most once per
+    /// [`WARN_INTERVAL`], at debug level otherwise, so a peer that stays down
+    /// does not flood the log.
+    fn report(&mut self, problem: fmt::Arguments<'_>) {
+        let id = self.shared.config.id;
+        let quiet = self.shared.stopping()
+            || self
+                .last_warning
+                .is_some_and(|t| t.elapsed() < WARN_INTERVAL);
+        if quiet {
+            debug!("node {id}: {problem}");
+        } else {
+            warn!("node {id}: {problem}");
+            self.last_warning = Some(Instant::now());
+            self.warned = true;
+        }
+    }
+
+    /// Closes the connection without flushing what is still buffered (a
+    /// flush could block on a paused peer).
+    fn drop_connection(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let (stream, _unsent) = conn.out.into_parts();
+            let _ = stream.shutdown(Shutdown::Both);
+            lock(&self.shared.outbound).remove(&self.peer);
+        }
+    }
+
+    fn schedule_retry(&mut self) {
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(self.shared.config.backoff_max);
+    }
+
+    fn close(&mut self) {
+        self.drop_connection();
+    }
+}
+
+/// Whether the peer has not closed an outbound connection. The peer never
+/// writes on it, so anything readable means end of stream or an error.
+fn peer_still_open(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let open = match stream.peek(&mut byte) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).is_ok() && open
+}
+
+// ----------------------------------------------------------------- inbound
+
+fn run_listener(listener: TcpListener, shared: Arc<Shared>, inbox: Inbox) {
+    for incoming in listener.incoming() {
+        if shared.stopping() {
+            break;
+        }
+        match incoming {
+            Ok(stream) => accept(stream, &shared, &inbox),
+            Err(e) => {
+                warn!(
+                    "node {}: accepting a Raft connection failed: {e}",
+                    shared.config.id
+                );
+                thread::sleep(ACCEPT_ERROR_PAUSE);
+            }
+        }
+    }
+}
+
+fn accept(stream: TcpStream, shared: &Arc<Shared>, inbox: &Inbox) {
+    let remote = stream
+        .peer_addr()
+        .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
+    let mut inbound = lock(&shared.inbound);
+    if inbound.conns.len() >= shared.config.max_inbound {
+        bump(&shared.counters.rejected_connections);
+        warn!(
+            "node {}: closing Raft connection from {remote}: already serving {} connections",
+            shared.config.id, shared.config.max_inbound
+        );
+        return;
+    }
+    let registered = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(
+                "node {}: closing Raft connection from {remote}: {e}",
+                shared.config.id
+            );
+            return;
+        }
+    };
+    let conn_id = inbound.next_conn;
+    inbound.next_conn += 1;
+    let reader = Reader {
+        conn_id,
+        remote,
+        shared: Arc::clone(shared),
+        node: None,
+    };
+    let inbox = Arc::clone(inbox);
+    let spawned = thread::Builder::new()
+        .name(format!("raft-recv-{}", shared.config.id))
+        .spawn(move || reader.run(stream, inbox));
+    match spawned {
+        // The reader removes its own entry when it ends; it cannot do so
+        // before this insert because we hold the registry lock.
+        Ok(handle) => {
+            inbound.conns.insert(
+                conn_id,
+                InboundConn {
+                    stream: registered,
+                    thread: Some(handle),
+                },
+            );
+        }
+        Err(e) => warn!(
+            "node {}: cannot start a reader thread: {e}",
+            shared.config.id
+        ),
+    }
+}
+
+/// The reader thread of one inbound connection. Dropping it removes the
+/// connection from the registry, also if the inbox panicked.
+struct Reader {
+    conn_id: u64,
+    remote: String,
+    shared: Arc<Shared>,
+    /// The peer, once the handshake named it.
+    node: Option<NodeId>,
+}
+
+impl Reader {
+    fn run(mut self, stream: TcpStream, inbox: Inbox) {
+        let id = self.shared.config.id;
+        match self.serve(stream, &inbox) {
+            Ok(()) => debug!(
+                "node {id}: Raft connection from {} closed by the peer",
+                self.describe()
+            ),
+            Err(e) if self.shared.stopping() => {
+                debug!(
+                    "node {id}: Raft connection from {} ended: {e}",
+                    self.describe()
+                );
+            }
+            Err(e) => {
+                let protocol_violation = match &e {
+                    Error::Protocol(_) => true,
+                    Error::Io { source, .. } => {
+                        self.node.is_none() && source.kind() == io::ErrorKind::TimedOut
+                    }
+                    _ => false,
+                };
+                if protocol_violation {
+                    bump(&self.shared.counters.rejected_connections);
+                    warn!(
+                        "node {id}: closing Raft connection from {}: {e}",
+                        self.describe()
+                    );
+                } else {
+                    debug!(
+                        "node {id}: Raft connection from {} ended: {e}",
+                        self.describe()
+                    );
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.node {
+            Some(node) => format!("node {node} ({})", self.remote),
+            None => self.remote.clone(),
+        }
+    }
+
+    fn serve(&mut self, stream: TcpStream, inbox: &Inbox) -> Result<()> {
+        let config = &self.shared.config;
+        // Wake often enough to notice the handshake deadline in time.
+        stream
+            .set_read_timeout(Some(READ_POLL.min(config.handshake_timeout)))
+            .map_err(|e| Error::io("configuring a Raft connection", e))?;
+        let retired = Arc::new(AtomicBool::new(false));
+        let mut input = BufReader::with_capacity(
+            IO_BUFFER,
+            PatientReader {
+                stream,
+                shared: Arc::clone(&self.shared),
+                deadline: Some(Instant::now() + config.handshake_timeout),
+                retired: Arc::clone(&retired),
+            },
+        );
+
+        let Some(body) = read_frame(&mut input, HELLO_MAX.min(config.max_frame))? else {
+            return Ok(());
+        };
+        let hello: Hello = frame::decode(&body).map_err(|e| match e {
+            Error::Protocol(reason) => Error::Protocol(format!("bad handshake: {reason}")),
+            other => other,
+        })?;
+        check_hello(&hello, config)?;
+        let from = hello.node;
+        self.node = Some(from);
+        input.get_mut().deadline = None;
+        input
+            .get_ref()
+            .stream
+            .set_read_timeout(Some(READ_POLL))
+            .map_err(|e| Error::io("configuring a Raft connection", e))?;
+        let previous = lock(&self.shared.inbound)
+            .current
+            .insert(from, (self.conn_id, Arc::clone(&retired)));
+        if let Some((_, previous)) = previous {
+            previous.store(true, Ordering::SeqCst);
+        }
+        debug!(
+            "node {}: accepted Raft connection from {}",
+            config.id,
+            self.describe()
+        );
+
+        while let Some(body) = read_frame(&mut input, config.max_frame)? {
+            let msg: Message = frame::decode(&body)?;
+            bump(&self.shared.counters.received);
+            inbox(from, msg);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut inbound = lock(&self.shared.inbound);
+        inbound.conns.remove(&self.conn_id);
+        if let Some(node) = self.node
+            && inbound
+                .current
+                .get(&node)
+                .is_some_and(|(c, _)| *c == self.conn_id)
+        {
+            inbound.current.remove(&node);
+        }
+    }
+}
+
+fn check_hello(hello: &Hello, config: &TcpConfig) -> Result<()> {
+    if hello.protocol != PROTOCOL {
+        return Err(Error::Protocol(format!(
+            "peer speaks {:?}, this node speaks {PROTOCOL:?}",
+            hello.protocol
+        )));
+    }
+    if hello.cluster != config.cluster {
+        return Err(Error::Protocol(format!(
+            "peer belongs to another cluster (its cluster is {:?}, ours is {:?})",
+            hello.cluster, config.cluster
+        )));
+    }
+    if hello.node == config.id {
+        return Err(Error::Protocol(format!(
+            "peer claims to be node {}, which is this node",
+            hello.node
+        )));
+    }
+    if !config.peers.contains_key(&hello.node) {
+        return Err(Error::Protocol(format!(
+            "peer claims to be node {}, which is not a member of this cluster",
+            hello.node
+        )));
+    }
+    Ok(())
+}
+
+/// Reads from a socket with a short read timeout, retrying timeouts until the
+/// handshake deadline passes, the transport stops or the connection is
+/// retired. Timeouts never surface mid-frame otherwise, so framing stays in
+/// sync on slow links.
+struct PatientReader {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    deadline: Option<Instant>,
+    retired: Arc<AtomicBool>,
+}
+
+impl Read for PatientReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.stream.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.shared.stopping() {
+                        return Err(io::Error::other("the transport is shutting down"));
+                    }
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no handshake within the deadline",
+                        ));
+                    }
+                    if self.retired.load(Ordering::SeqCst) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "idle, and replaced by a newer connection from the same node",
+                        ));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
 }
