@@ -11,3 +11,39 @@ pub use machine::KvStateMachine;
 pub const MAX_KEY_BYTES: usize = 4096;
 /// Longest value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
+pub use client::{CLIENT_PORT_OFFSET, client_addr, client_addrs};
+pub use machine::DEFAULT_MAX_SESSIONS;
+
+/// Checks that `key` may be stored: non-empty, at most [`MAX_KEY_BYTES`]
+/// long, and not starting with byte `0x00` (reserved for the state
+/// machine's own records). Returns [`crate::Error::InvalidInput`] otherwise.
+pub fn validate_key(key: &[u8]) -> crate::Result<()> {
+    if key.is_empty() {
+        return Err(crate::Error::InvalidInput("the key is empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(crate::Error::InvalidInput(format!(
+            "the key is {} bytes long; the limit is {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    if key[0] == machine::INTERNAL_KEY_PREFIX {
+        return Err(crate::Error::InvalidInput(
+            "keys may not start with byte 0x00 (reserved for internal records)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `value` may be stored: at most [`MAX_VALUE_BYTES`] long.
+/// Returns [`crate::Error::InvalidInput`] otherwise.
+pub fn validate_value(value: &[u8]) -> crate::Result<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(crate::Error::InvalidInput(format!(
+            "the value is {} bytes long; the limit is {MAX_VALUE_BYTES} bytes",
+            value.len()
+        )));
+    }
+    Ok(())
+}
