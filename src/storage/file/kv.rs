@@ -1,0 +1,246 @@
+//! [`FileKv`]: the key-value store, held in memory and flushed as a snapshot.
+//!
+//! # File format
+//!
+//! All integers are little-endian.
+//!
+//! ```text
+//!   0  magic      8 bytes  "KVAPPKVS"
+//!   8  version    u32      1
+//!   12 applied    u64      index of the last applied log entry
+//!   20 count      u64      number of pairs
+//!   28 pairs      count x (key length u32, key, value length u32, value),
+//!                 keys strictly ascending
+//!   ...crc        u32      CRC-32 of everything before it
+//! ```
+//!
+//! # Invariants and costs
+//!
+//! - Memory holds the current state: the data and the applied index, which
+//!   `write` changes together (it cannot fail half-way).
+//! - The file holds exactly the state of the last `flush`: a flush writes a
+//!   full snapshot to `kv.snapshot.tmp`, syncs it, renames it over the file
+//!   and syncs the directory, so data and applied index can never disagree on
+//!   disk, and a crash leaves the previous or the new snapshot. Writes since
+//!   the last flush are lost on a crash or a reopen; the state machine
+//!   replays them from the log.
+//! - A flush costs time proportional to the whole store (it rewrites all
+//!   pairs), plus two fsyncs; a flush with nothing written since the last one
+//!   is free. The owner should therefore flush periodically (every few
+//!   thousand applied entries, and before compacting the log), not per write.
+//!   Opening reads the file whole, briefly needing about twice its size in
+//!   memory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::{
+    Claim, check_magic_version, commit_tmp, create_tmp, read_file, remove_stale_tmp, u32_at, u64_at,
+};
+use crate::storage::{KvStorage, KvWrite};
+use crate::{Error, LogIndex, Result};
+
+const MAGIC: [u8; 8] = *b"KVAPPKVS";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 28;
+
+/// A crash-safe [`KvStorage`]: an in-memory map made durable by `flush`.
+/// Open it with [`DataDir::kv`](super::DataDir::kv).
+pub struct FileKv {
+    path: PathBuf,
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    applied: LogIndex,
+    /// Whether anything was written since the last flush.
+    dirty: bool,
+    _claim: Claim,
+}
+
+impl fmt::Debug for FileKv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileKv")
+            .field("path", &self.path)
+            .field("pairs", &self.data.len())
+            .field("applied", &self.applied)
+            .field("dirty", &self.dirty)
+            .finish()
+    }
+}
+
+impl FileKv {
+    /// Opens the store at `path`; a missing file is an empty store at
+    /// applied index 0.
+    pub(super) fn open(path: &Path, claim: Claim) -> Result<FileKv> {
+        remove_stale_tmp(path)?;
+        let (applied, data) = match read_file(path, u64::MAX)? {
+            None => (0, BTreeMap::new()),
+            Some(bytes) => decode(path, &bytes)?,
+        };
+        Ok(FileKv {
+            path: path.to_path_buf(),
+            data,
+            applied,
+            dirty: false,
+            _claim: claim,
+        })
+    }
+
+    /// Writes the snapshot of the current state to `w`.
+    fn write_snapshot(&self, w: &mut impl Write) -> io::Result<()> {
+        let mut w = CrcWriter {
+            inner: w,
+            crc: crc32fast::Hasher::new(),
+        };
+        w.write_all(&MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        w.write_all(&self.applied.to_le_bytes())?;
+        w.write_all(&(self.data.len() as u64).to_le_bytes())?;
+        for (k, v) in &self.data {
+            w.write_all(&len_field(k)?)?;
+            w.write_all(k)?;
+            w.write_all(&len_field(v)?)?;
+            w.write_all(v)?;
+        }
+        let crc = w.crc.clone().finalize();
+        w.inner.write_all(&crc.to_le_bytes())?;
+        w.inner.flush()
+    }
+}
+
+impl KvStorage for FileKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.data.get(key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .data
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn write(&mut self, applied: LogIndex, batch: Vec<KvWrite>) -> Result<()> {
+        for w in batch {
+            match w {
+                KvWrite::Put(k, v) => {
+                    self.data.insert(k, v);
+                }
+                KvWrite::Delete(k) => {
+                    self.data.remove(&k);
+                }
+            }
+        }
+        self.applied = applied;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let (tmp, file) = create_tmp(&self.path)?;
+        if let Err(e) = self.write_snapshot(&mut BufWriter::with_capacity(1 << 20, &file)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("writing {}", tmp.display()), e));
+        }
+        commit_tmp(&file, &tmp, &self.path)?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// A writer that checksums what goes through it.
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn len_field(bytes: &[u8]) -> io::Result<[u8; 4]> {
+    u32::try_from(bytes.len())
+        .map(u32::to_le_bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "key or value over 4 GiB"))
+}
+
+type Pairs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Pairs)> {
+    check_magic_version(path, b, &MAGIC, "kvapp-c key-value snapshot", VERSION)?;
+    let corrupt = |offset: usize, reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    if b.len() < HEADER_LEN + 4 {
+        return Err(corrupt(
+            b.len(),
+            format!("the file is truncated ({} bytes)", b.len()),
+        ));
+    }
+    let body_end = b.len() - 4;
+    if u32_at(b, body_end) != crc32fast::hash(&b[..body_end]) {
+        return Err(corrupt(
+            body_end,
+            format!("checksum mismatch over bytes 0..{body_end}"),
+        ));
+    }
+    let applied = u64_at(b, 12);
+    let count = u64_at(b, 20);
+    let mut data = BTreeMap::new();
+    let mut at = HEADER_LEN;
+    // Reads a length-prefixed byte string at `at`.
+    let field = |at: &mut usize, what: &str| -> Result<Vec<u8>> {
+        if body_end - *at < 4 {
+            return Err(corrupt(*at, format!("{what} length runs past the end")));
+        }
+        let len = u32_at(b, *at) as usize;
+        if body_end - *at - 4 < len {
+            return Err(corrupt(
+                *at,
+                format!("{what} of {len} bytes runs past the end"),
+            ));
+        }
+        let bytes = b[*at + 4..*at + 4 + len].to_vec();
+        *at += 4 + len;
+        Ok(bytes)
+    };
+    for _ in 0..count {
+        let key_at = at;
+        let key = field(&mut at, "key")?;
+        let value = field(&mut at, "value")?;
+        if data.last_key_value().is_some_and(|(last, _)| *last >= key) {
+            return Err(corrupt(key_at, "keys out of order".into()));
+        }
+        data.insert(key, value);
+    }
+    if at != body_end {
+        return Err(corrupt(
+            at,
+            format!("{} unexpected bytes after the pairs", body_end - at),
+        ));
+    }
+    Ok((applied, data))
+}

@@ -1,0 +1,687 @@
+//! [`FileLog`]: the Raft log in one append-only file.
+//!
+//! # File format
+//!
+//! All integers are little-endian.
+//!
+//! ```text
+//! header (36 bytes):
+//!   0  magic          8 bytes  "KVAPPLOG"
+//!   8  version        u32      1
+//!   12 salt           u32      random, chosen when the file is created
+//!   16 prefix index   u64      index of the last discarded entry (0: none)
+//!   24 prefix term    u64      term of that entry (0: none)
+//!   32 header crc     u32      CRC-32 of bytes 0..32
+//! then one record per entry, back to back:
+//!   0  length         u32      length of the body (16 + data length)
+//!   4  crc            u32      CRC-32 of salt, length field and body
+//!   8  body           index u64, term u64, data
+//! ```
+//!
+//! The salt makes records of one file unforgeable by entry data: a client
+//! that stores bytes looking like a record inside a value cannot produce a
+//! record that checks out, so the scan on open (below) is not fooled.
+//!
+//! # Invariants
+//!
+//! - The records hold entries `prefix_index + 1 ..= last_index` in order,
+//!   each index exactly one more than the one before. The header is written
+//!   only when the file is created whole (through a synced and renamed tmp
+//!   file), so it is never torn.
+//! - In memory the log keeps one file offset per entry (8 bytes) and one
+//!   `(first index, term)` pair per run of equal terms; entry data is read
+//!   back from the file (normally the page cache) by `entries`. Memory is
+//!   thus about 8 bytes per entry held, whatever the entry sizes.
+//! - Bytes `0..written` of the log are in the file; `pending` holds the
+//!   encoded records that follow, not yet handed to the OS. `append` only
+//!   adds to `pending` (writing it out once it grows past 256 KiB), `sync`
+//!   writes it out and calls `fdatasync`. Nothing ever syncs inside `append`.
+//! - After a failed write, sync or truncation the file's content is unknown,
+//!   so the log refuses every further change (reads keep working); the owner
+//!   is expected to stop and reopen.
+//!
+//! # Opening: torn tails versus corruption
+//!
+//! Opening reads and checks every record. At the first record that is
+//! damaged (too short for its header, a length outside the valid range or
+//! running past the end of the file, or a checksum mismatch) the rest of the
+//! file is searched, at every byte offset, for any record that checks out
+//! and carries an index at or after the expected one:
+//!
+//! - none found: the damage is a torn tail, what a crash in the middle of an
+//!   append leaves. The file is cut back to the last good record (and the cut
+//!   synced), and a warning is logged.
+//! - one found: good data follows bad data, which no crash of this writer
+//!   produces. Opening fails with [`Error::Corrupt`] naming the file and the
+//!   offset of the damaged record, and the file is left untouched.
+//!
+//! A record that checks out but carries the wrong index is corruption too.
+//! The limits of this scheme: damage confined to the last record (bit rot of
+//! a synced record, say) is indistinguishable from a torn write and is cut
+//! off; and a file system that persisted *unsynced* appended pages out of
+//! order could leave a hole followed by good records, which is reported as
+//! corruption (the usual journaling file systems do not do this for
+//! appends).
+//!
+//! # Compaction
+//!
+//! `discard_through` writes the kept suffix behind a new header to a tmp
+//! file, syncs it, renames it over the log and syncs the directory. Its cost
+//! is proportional to the entries kept (normally few, as it runs right after
+//! a snapshot); as a side effect everything appended so far becomes durable.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::{
+    Claim, check_magic_version, commit_tmp, create_tmp, read_exact_at, remove_stale_tmp,
+    replace_file, u32_at, u64_at, write_all_at,
+};
+use crate::storage::{Entry, LogStorage};
+use crate::{Error, LogIndex, Result, Term};
+
+const MAGIC: [u8; 8] = *b"KVAPPLOG";
+const VERSION: u32 = 1;
+/// Length of the file header.
+const HEADER_LEN: u64 = 36;
+/// Length of a record's length and checksum fields.
+const RECORD_HEADER: usize = 8;
+/// Length of a body's index and term fields.
+const BODY_FIXED: usize = 16;
+/// The largest entry data accepted; it matches the largest network frame,
+/// since entries travel to followers in frames.
+pub const MAX_ENTRY_DATA: usize = crate::network::frame::MAX_FRAME;
+const MAX_BODY: usize = BODY_FIXED + MAX_ENTRY_DATA;
+/// `pending` is written out once it grows past this.
+const WRITE_THRESHOLD: usize = 256 << 10;
+/// Unit of reading when copying or searching the file.
+const CHUNK: usize = 1 << 20;
+
+/// A crash-safe [`LogStorage`] in one file. Open it with
+/// [`DataDir::log`](super::DataDir::log); see the module docs of
+/// `storage::file` for the format and guarantees.
+///
+/// A clean drop hands buffered appends to the OS (without syncing), so a
+/// reopen in a running system sees them; only [`LogStorage::sync`] makes
+/// them survive a power loss.
+pub struct FileLog {
+    path: PathBuf,
+    file: File,
+    salt: u32,
+    prefix_index: LogIndex,
+    prefix_term: Term,
+    /// File offset of the record of entry `prefix_index + 1 + i`.
+    offsets: Vec<u64>,
+    /// `(first index, term)` of each run of entries with equal terms, by
+    /// ascending index; empty exactly when the log holds no entries.
+    terms: Vec<(LogIndex, Term)>,
+    /// Length of the part of the log already written to the file.
+    written: u64,
+    /// Encoded records for the log bytes from `written` on.
+    pending: Vec<u8>,
+    /// Whether anything changed since the last sync.
+    dirty: bool,
+    /// Set when a write, sync or truncation failed.
+    failed: bool,
+    _claim: Claim,
+}
+
+impl fmt::Debug for FileLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLog")
+            .field("path", &self.path)
+            .field("first_index", &self.first_index())
+            .field("last_index", &self.last_index())
+            .field("bytes", &self.end())
+            .field("pending", &self.pending.len())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// Why a record cannot be read where one is expected.
+enum Damage {
+    Io(io::Error),
+    Bad(String),
+}
+
+impl FileLog {
+    /// Opens the log at `path`, creating an empty one if it does not exist.
+    pub(super) fn open(path: &Path, claim: Claim) -> Result<FileLog> {
+        remove_stale_tmp(path)?;
+        if !path.exists() {
+            replace_file(path, &encode_header(new_salt(), 0, 0))?;
+        }
+        let io_err = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_err("opening", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_err("reading metadata of", e))?
+            .len();
+
+        let mut header = [0u8; HEADER_LEN as usize];
+        let n = len.min(HEADER_LEN) as usize;
+        read_exact_at(&file, &mut header[..n], 0).map_err(|e| io_err("reading", e))?;
+        check_magic_version(path, &header[..n], &MAGIC, "kvapp-c log file", VERSION)?;
+        let corrupt = |offset: u64, reason: String| Error::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            reason,
+        };
+        if n < HEADER_LEN as usize {
+            return Err(corrupt(
+                0,
+                format!("the header is truncated ({n} of {HEADER_LEN} bytes)"),
+            ));
+        }
+        if u32_at(&header, 32) != crc32fast::hash(&header[..32]) {
+            return Err(corrupt(0, "header checksum mismatch".into()));
+        }
+        let salt = u32_at(&header, 12);
+        let prefix_index = u64_at(&header, 16);
+        let prefix_term = u64_at(&header, 24);
+
+        let mut offsets = Vec::new();
+        let mut terms = Vec::new();
+        let mut reader = BufReader::with_capacity(CHUNK, &file);
+        reader
+            .seek(SeekFrom::Start(HEADER_LEN))
+            .map_err(|e| io_err("seeking in", e))?;
+        let mut pos = HEADER_LEN;
+        let mut body = Vec::new();
+        let mut damage = None;
+        while pos < len {
+            match read_record(&mut reader, salt, len - pos, &mut body) {
+                Ok(()) => {}
+                Err(Damage::Io(e)) => return Err(io_err("reading", e)),
+                Err(Damage::Bad(reason)) => {
+                    damage = Some(reason);
+                    break;
+                }
+            }
+            let index = u64_at(&body, 0);
+            let expected = prefix_index + offsets.len() as LogIndex + 1;
+            if index != expected {
+                return Err(corrupt(
+                    pos,
+                    format!("record holds index {index} where {expected} was expected"),
+                ));
+            }
+            offsets.push(pos);
+            push_term(&mut terms, index, u64_at(&body, 8));
+            pos += (RECORD_HEADER + body.len()) as u64;
+        }
+        drop(reader);
+
+        if let Some(reason) = damage {
+            let expected = prefix_index + offsets.len() as LogIndex + 1;
+            if let Some(found) = find_record(&file, salt, pos + 1, len, expected)
+                .map_err(|e| io_err("reading", e))?
+            {
+                return Err(corrupt(
+                    pos,
+                    format!(
+                        "damaged record ({reason}) followed by a valid record at offset {found}"
+                    ),
+                ));
+            }
+            ::log::warn!(
+                "{}: cutting a torn record at offset {pos} ({reason}; {} bytes) left by an \
+                 interrupted append",
+                path.display(),
+                len - pos
+            );
+            file.set_len(pos).map_err(|e| io_err("truncating", e))?;
+            file.sync_data().map_err(|e| io_err("syncing", e))?;
+        }
+        Ok(FileLog {
+            path: path.to_path_buf(),
+            file,
+            salt,
+            prefix_index,
+            prefix_term,
+            offsets,
+            terms,
+            written: pos,
+            pending: Vec::new(),
+            dirty: false,
+            failed: false,
+            _claim: claim,
+        })
+    }
+
+    /// The log's byte length, buffered records included.
+    fn end(&self) -> u64 {
+        self.written + self.pending.len() as u64
+    }
+
+    /// Offset of the record of `index`, which must be held, or the end of
+    /// the log for `last_index() + 1`.
+    fn offset_of(&self, index: LogIndex) -> u64 {
+        let i = (index - self.prefix_index - 1) as usize;
+        self.offsets.get(i).copied().unwrap_or_else(|| self.end())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::io(
+                format!("changing {}", self.path.display()),
+                io::Error::other("an earlier write failed; reopen the log"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands `pending` to the OS. On failure `pending` is kept (so reads
+    /// still see it) and the log refuses further changes.
+    fn write_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = write_all_at(&self.file, &self.pending, self.written) {
+            self.failed = true;
+            return Err(Error::io(format!("writing {}", self.path.display()), e));
+        }
+        self.written += self.pending.len() as u64;
+        self.pending.clear();
+        if self.pending.capacity() > 4 * WRITE_THRESHOLD {
+            self.pending.shrink_to(WRITE_THRESHOLD);
+        }
+        Ok(())
+    }
+
+    /// Reads the log bytes `start..stop`, from the file and `pending`.
+    fn read_range(&self, start: u64, stop: u64) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; (stop - start) as usize];
+        if start < self.written {
+            let file_stop = stop.min(self.written);
+            read_exact_at(
+                &self.file,
+                &mut bytes[..(file_stop - start) as usize],
+                start,
+            )
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+        }
+        if stop > self.written {
+            let from = start.max(self.written);
+            let src = &self.pending[(from - self.written) as usize..(stop - self.written) as usize];
+            bytes[(from - start) as usize..].copy_from_slice(src);
+        }
+        Ok(bytes)
+    }
+
+    /// Writes the header for `(index, term)` and the log bytes from
+    /// `keep_from` on to `w`.
+    fn write_compacted(
+        &self,
+        w: &mut impl Write,
+        index: LogIndex,
+        term: Term,
+        keep_from: u64,
+    ) -> io::Result<()> {
+        w.write_all(&encode_header(self.salt, index, term))?;
+        let mut chunk = vec![0u8; CHUNK];
+        let mut pos = keep_from;
+        while pos < self.written {
+            let n = CHUNK.min((self.written - pos) as usize);
+            read_exact_at(&self.file, &mut chunk[..n], pos)?;
+            w.write_all(&chunk[..n])?;
+            pos += n as u64;
+        }
+        let from = keep_from.max(self.written) - self.written;
+        w.write_all(&self.pending[from as usize..])?;
+        w.flush()
+    }
+}
+
+impl LogStorage for FileLog {
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        self.check_usable()?;
+        let first = self.last_index() + 1;
+        for (expected, e) in (first..).zip(entries) {
+            if e.index != expected {
+                return Err(Error::InvalidInput(format!(
+                    "append of index {} where {expected} was expected",
+                    e.index
+                )));
+            }
+            if e.data.len() > MAX_ENTRY_DATA {
+                return Err(Error::InvalidInput(format!(
+                    "entry {} holds {} bytes, more than the limit of {MAX_ENTRY_DATA}",
+                    e.index,
+                    e.data.len()
+                )));
+            }
+        }
+        for e in entries {
+            let offset = self.end();
+            encode_record(&mut self.pending, self.salt, e);
+            self.offsets.push(offset);
+            push_term(&mut self.terms, e.index, e.term);
+        }
+        if !entries.is_empty() {
+            self.dirty = true;
+        }
+        if self.pending.len() >= WRITE_THRESHOLD {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn entries(&self, lo: LogIndex, hi: LogIndex) -> Result<Vec<Entry>> {
+        if lo > hi || lo <= self.prefix_index || hi > self.last_index() + 1 {
+            return Err(Error::InvalidInput(format!(
+                "entries {lo}..{hi} outside the log {}..={}",
+                self.first_index(),
+                self.last_index()
+            )));
+        }
+        if lo == hi {
+            return Ok(Vec::new());
+        }
+        let start = self.offset_of(lo);
+        let bytes = self.read_range(start, self.offset_of(hi))?;
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        let mut at = 0usize;
+        for index in lo..hi {
+            let offset = start + at as u64;
+            let corrupt = |reason: String| Error::Corrupt {
+                path: self.path.clone(),
+                offset,
+                reason,
+            };
+            let rest = &bytes[at..];
+            if rest.len() < RECORD_HEADER + BODY_FIXED {
+                return Err(corrupt("record shorter than its header".into()));
+            }
+            let len = u32_at(rest, 0) as usize;
+            if len < BODY_FIXED || len > rest.len() - RECORD_HEADER {
+                return Err(corrupt(format!("record length {len} out of place")));
+            }
+            let body = &rest[RECORD_HEADER..RECORD_HEADER + len];
+            if u32_at(rest, 4) != record_crc(self.salt, &rest[..4], body) {
+                return Err(corrupt("checksum mismatch on read".into()));
+            }
+            if u64_at(body, 0) != index {
+                return Err(corrupt(format!(
+                    "record holds index {} where {index} was expected",
+                    u64_at(body, 0)
+                )));
+            }
+            out.push(Entry {
+                index,
+                term: u64_at(body, 8),
+                data: body[BODY_FIXED..].to_vec(),
+            });
+            at += RECORD_HEADER + len;
+        }
+        Ok(out)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Option<Term>> {
+        if index == 0 {
+            return Ok(Some(0));
+        }
+        if index == self.prefix_index {
+            return Ok(Some(self.prefix_term));
+        }
+        if index < self.prefix_index || index > self.last_index() {
+            return Ok(None);
+        }
+        let run = self.terms.partition_point(|&(start, _)| start <= index);
+        Ok(self.terms.get(run.wrapping_sub(1)).map(|&(_, term)| term))
+    }
+
+    fn first_index(&self) -> LogIndex {
+        self.prefix_index + 1
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.prefix_index + self.offsets.len() as LogIndex
+    }
+
+    fn truncate_after(&mut self, index: LogIndex) -> Result<()> {
+        self.check_usable()?;
+        if index < self.prefix_index {
+            return Err(Error::InvalidInput(format!(
+                "truncate after {index} reaches into the discarded prefix (through {})",
+                self.prefix_index
+            )));
+        }
+        if index >= self.last_index() {
+            return Ok(());
+        }
+        let cut = self.offset_of(index + 1);
+        if cut >= self.written {
+            self.pending.truncate((cut - self.written) as usize);
+        } else {
+            if let Err(e) = self.file.set_len(cut) {
+                self.failed = true;
+                return Err(Error::io(format!("truncating {}", self.path.display()), e));
+            }
+            self.pending.clear();
+            self.written = cut;
+        }
+        self.offsets.truncate((index - self.prefix_index) as usize);
+        while self.terms.last().is_some_and(|&(start, _)| start > index) {
+            self.terms.pop();
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()> {
+        self.check_usable()?;
+        if index <= self.prefix_index {
+            return Ok(());
+        }
+        let end = self.end();
+        let keep_from = if index >= self.last_index() {
+            end
+        } else {
+            self.offset_of(index + 1)
+        };
+        let (tmp, file) = create_tmp(&self.path)?;
+        if let Err(e) = self.write_compacted(&mut BufWriter::new(&file), index, term, keep_from) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(format!("writing {}", tmp.display()), e));
+        }
+        if let Err(e) = commit_tmp(&file, &tmp, &self.path) {
+            // The rename may or may not have happened: stop changing the log.
+            self.failed = true;
+            return Err(e);
+        }
+
+        let dropped = (index.min(self.last_index()) - self.prefix_index) as usize;
+        self.offsets.drain(..dropped);
+        for offset in &mut self.offsets {
+            *offset = *offset - keep_from + HEADER_LEN;
+        }
+        if self.offsets.is_empty() {
+            self.terms.clear();
+        } else {
+            // Keep the run holding `index + 1`, starting it there.
+            let holding = self
+                .terms
+                .partition_point(|&(start, _)| start <= index + 1)
+                .saturating_sub(1);
+            self.terms.drain(..holding);
+            if let Some(run) = self.terms.first_mut() {
+                run.0 = index + 1;
+            }
+        }
+        self.file = file;
+        self.written = HEADER_LEN + (end - keep_from);
+        self.pending.clear();
+        self.prefix_index = index;
+        self.prefix_term = term;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if !self.dirty {
+            return Ok(());
+        }
+        self.write_pending()?;
+        if let Err(e) = self.file.sync_data() {
+            // After a failed fsync the kernel may have dropped the dirty
+            // pages: nothing written since the last good sync can be trusted.
+            self.failed = true;
+            return Err(Error::io(format!("syncing {}", self.path.display()), e));
+        }
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        if !self.failed
+            && let Err(e) = self.write_pending()
+        {
+            ::log::warn!("{e}");
+        }
+    }
+}
+
+/// Records that entry `index` has `term`, `index` being the new last entry.
+fn push_term(terms: &mut Vec<(LogIndex, Term)>, index: LogIndex, term: Term) {
+    if terms.last().map(|&(_, t)| t) != Some(term) {
+        terms.push((index, term));
+    }
+}
+
+/// A salt for a new log file: hashed from the process's random hasher keys,
+/// the time and the process id.
+fn new_salt() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
+fn encode_header(
+    salt: u32,
+    prefix_index: LogIndex,
+    prefix_term: Term,
+) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&salt.to_le_bytes());
+    h[16..24].copy_from_slice(&prefix_index.to_le_bytes());
+    h[24..32].copy_from_slice(&prefix_term.to_le_bytes());
+    let crc = crc32fast::hash(&h[..32]);
+    h[32..36].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The checksum of a record: over the file's salt, the length field and the
+/// body.
+fn record_crc(salt: u32, len_field: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&salt.to_le_bytes());
+    h.update(len_field);
+    h.update(body);
+    h.finalize()
+}
+
+/// Appends the record of `e` to `buf`, without intermediate allocation.
+fn encode_record(buf: &mut Vec<u8>, salt: u32, e: &Entry) {
+    let start = buf.len();
+    let body_len = (BODY_FIXED + e.data.len()) as u32;
+    buf.reserve(RECORD_HEADER + body_len as usize);
+    buf.extend_from_slice(&body_len.to_le_bytes());
+    buf.extend_from_slice(&[0u8; 4]);
+    buf.extend_from_slice(&e.index.to_le_bytes());
+    buf.extend_from_slice(&e.term.to_le_bytes());
+    buf.extend_from_slice(&e.data);
+    let crc = record_crc(salt, &buf[start..start + 4], &buf[start + RECORD_HEADER..]);
+    buf[start + 4..start + RECORD_HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads the record starting at the reader's position into `body` and
+/// checks it; `remaining` is the number of file bytes from that position.
+fn read_record(
+    r: &mut impl Read,
+    salt: u32,
+    remaining: u64,
+    body: &mut Vec<u8>,
+) -> std::result::Result<(), Damage> {
+    if remaining < RECORD_HEADER as u64 {
+        return Err(Damage::Bad(format!(
+            "only {remaining} bytes left for a record header"
+        )));
+    }
+    let mut header = [0u8; RECORD_HEADER];
+    r.read_exact(&mut header).map_err(Damage::Io)?;
+    let len = u32_at(&header, 0) as usize;
+    if !(BODY_FIXED..=MAX_BODY).contains(&len) {
+        return Err(Damage::Bad(format!("invalid record length {len}")));
+    }
+    if len as u64 > remaining - RECORD_HEADER as u64 {
+        return Err(Damage::Bad(format!(
+            "record of {len} bytes runs past the end of the file"
+        )));
+    }
+    body.clear();
+    body.resize(len, 0);
+    r.read_exact(body).map_err(Damage::Io)?;
+    if u32_at(&header, 4) != record_crc(salt, &header[..4], body) {
+        return Err(Damage::Bad("checksum mismatch".into()));
+    }
+    Ok(())
+}
+
+/// Searches `from..end` of the file, at every byte offset, for a record
+/// that checks out and holds an index of at least `min_index`; returns the
+/// offset of the first one found.
+fn find_record(
+    file: &File,
+    salt: u32,
+    from: u64,
+    end: u64,
+    min_index: LogIndex,
+) -> io::Result<Option<u64>> {
+    // A candidate needs its length, checksum and index: 16 bytes.
+    const PROBE: usize = RECORD_HEADER + 8;
+    let mut window = vec![0u8; CHUNK + PROBE - 1];
+    let mut record = Vec::new();
+    let mut start = from;
+    while start + PROBE as u64 <= end {
+        let n = (window.len() as u64).min(end - start) as usize;
+        read_exact_at(file, &mut window[..n], start)?;
+        let candidates = n + 1 - PROBE;
+        for i in 0..candidates {
+            let len = u32_at(&window, i) as usize;
+            let offset = start + i as u64;
+            if !(BODY_FIXED..=MAX_BODY).contains(&len)
+                || offset + (RECORD_HEADER + len) as u64 > end
+                || u64_at(&window, i + RECORD_HEADER) < min_index
+            {
+                continue;
+            }
+            record.clear();
+            record.resize(RECORD_HEADER + len, 0);
+            read_exact_at(file, &mut record, offset)?;
+            if u32_at(&record, 4) == record_crc(salt, &record[..4], &record[RECORD_HEADER..]) {
+                return Ok(Some(offset));
+            }
+        }
+        start += candidates as u64;
+    }
+    Ok(None)
+}
