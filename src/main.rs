@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use kvapp_c::kv::Client;
-use kvapp_c::network::tcp::{TcpConfig, TcpTransport};
+use kvapp_c::network::tcp::{TcpConfig, TcpTransport, cluster_identity};
 use kvapp_c::server::{Server, default_client_addr};
 use kvapp_c::shell::Shell;
 use kvapp_c::storage::file::DataDir;
@@ -325,12 +325,12 @@ fn run_server(args: ServerArgs) -> Result<()> {
         .map(|(i, a)| (i as NodeId + 1, *a))
         .filter(|(n, _)| *n != id)
         .collect();
-    let transport = TcpTransport::new(TcpConfig {
+    let transport = TcpTransport::new(TcpConfig::new(
         id,
-        cluster: cluster_identity(&cluster),
-        listen: raft_addr,
+        cluster_identity(&cluster),
+        raft_addr,
         peers,
-    })?;
+    ))?;
     let handle = Server::builder(id, cluster.clone())
         .timing(timing)
         .client_addr(client_addr)
@@ -349,15 +349,6 @@ fn run_server(args: ServerArgs) -> Result<()> {
     );
     let _ = std::io::stdout().flush();
     handle.join()
-}
-
-/// The name every member agrees on: the member list itself.
-fn cluster_identity(cluster: &[SocketAddr]) -> String {
-    cluster
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn client_for(cluster: &[SocketAddr], timeout: Duration) -> Result<Client> {
