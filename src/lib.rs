@@ -16,11 +16,13 @@
 //! A program starts a node through [`server::Server::builder`] and talks to a
 //! cluster through [`kv::Client`], exactly as the `kvapp-c` binary does.
 
+pub mod bench;
 pub mod error;
 pub mod kv;
 pub mod network;
 pub mod raft;
 pub mod server;
+pub mod shell;
 pub mod storage;
 pub mod timing;
 

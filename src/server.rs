@@ -1,2 +1,696 @@
-//! The server: wires the Raft node, storage, transport and KV state machine
-//! together and runs the event loop. (Skeleton: implementation in progress.)
+//! The server: one Raft node with its storage, transport and key-value state
+//! machine, driven by a single event-loop thread.
+//!
+//! Threads:
+//! - the **event loop** owns the [`Node`] and the [`KvStateMachine`]. It waits
+//!   for inputs (peer messages, client requests, shutdown) or the next tick,
+//!   handles every input that is waiting, then runs the Raft driving loop
+//!   once: send what may go before the sync, sync the log once for the whole
+//!   batch (group commit), send what depended on the sync, apply committed
+//!   entries and answer the clients whose requests completed;
+//! - the **transport** (see [`crate::network`]) delivers peer messages into
+//!   the loop's channel and sends on its own writer threads;
+//! - the **client listener** accepts client connections; each connection has
+//!   one thread that reads a request frame, hands it to the loop with a reply
+//!   channel, and writes the answer back.
+//!
+//! Invariants: a client hears `Done` for a write only after its entry was
+//! committed and applied; a read is served only when the Raft core released
+//! it (a quorum confirmed leadership after the read arrived) and the state
+//! machine has applied up to the read's index.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::kv::KvStateMachine;
+use crate::kv::protocol::{Command, NodeStatus, Outcome, Query, Request, Response};
+use crate::network::frame::{self, decode, encode};
+use crate::network::{Inbox, Transport};
+use crate::raft::{self, Message, Node};
+use crate::storage::{KvStorage, LogStorage, StateStorage};
+use crate::timing::TimingConfig;
+use crate::{Error, LogIndex, NodeId, Result, Term, kv};
+
+/// Largest request frame accepted on the client port.
+const MAX_CLIENT_FRAME: usize = kv::MAX_KEY_BYTES * 2 + kv::MAX_VALUE_BYTES + 1024;
+/// Most client connections served at once; further ones are closed at once.
+const MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// The state machine is flushed to its storage after this many applied
+/// entries (and at shutdown); the log is replayed from there after a crash.
+const FLUSH_EVERY: u64 = 10_000;
+/// Most inputs handled before the loop runs Raft's ready cycle once.
+const MAX_INPUTS_PER_BATCH: usize = 4096;
+
+/// The address of a node's client port given its Raft address: port + 1000.
+pub fn default_client_addr(raft_addr: SocketAddr) -> Result<SocketAddr> {
+    let port = raft_addr.port().checked_add(1000).ok_or_else(|| {
+        Error::Config(format!(
+            "Raft port {} leaves no room for the client port (Raft port + 1000)",
+            raft_addr.port()
+        ))
+    })?;
+    Ok(SocketAddr::new(raft_addr.ip(), port))
+}
+
+enum Input {
+    Peer(NodeId, Message),
+    Client(Request, Sender<Response>),
+    Shutdown,
+}
+
+/// Entry point for building a server; see [`Server::builder`].
+pub struct Server;
+
+impl Server {
+    /// Starts building node `id` of the cluster whose members' Raft
+    /// addresses are `cluster` (node `i` is `cluster[i - 1]`).
+    pub fn builder(id: NodeId, cluster: Vec<SocketAddr>) -> ServerBuilder {
+        ServerBuilder {
+            id,
+            cluster,
+            timing: TimingConfig::default(),
+            client_addr: None,
+            log: None,
+            state: None,
+            kv: None,
+            transport: None,
+            keep: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+/// Configures and starts a server. Storage and transport are chosen by the
+/// caller: file backends and TCP for a real node, memory backends and an
+/// in-memory network for tests.
+pub struct ServerBuilder {
+    id: NodeId,
+    cluster: Vec<SocketAddr>,
+    timing: TimingConfig,
+    client_addr: Option<SocketAddr>,
+    log: Option<Box<dyn LogStorage>>,
+    state: Option<Box<dyn StateStorage>>,
+    kv: Option<Box<dyn KvStorage>>,
+    transport: Option<Box<dyn Transport>>,
+    keep: Vec<Box<dyn Send>>,
+    seed: Option<u64>,
+}
+
+impl ServerBuilder {
+    /// Timing of the node (default: the fast preset).
+    pub fn timing(mut self, timing: TimingConfig) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// The address of the client port (default: Raft port + 1000).
+    pub fn client_addr(mut self, addr: SocketAddr) -> Self {
+        self.client_addr = Some(addr);
+        self
+    }
+
+    /// The Raft log, term/vote store and key-value store.
+    pub fn storage(
+        mut self,
+        log: impl LogStorage + 'static,
+        state: impl StateStorage + 'static,
+        kv: impl KvStorage + 'static,
+    ) -> Self {
+        self.log = Some(Box::new(log));
+        self.state = Some(Box::new(state));
+        self.kv = Some(Box::new(kv));
+        self
+    }
+
+    /// The transport to the other members.
+    pub fn transport(mut self, transport: impl Transport + 'static) -> Self {
+        self.transport = Some(Box::new(transport));
+        self
+    }
+
+    /// Keeps `value` alive for as long as the server runs (for example the
+    /// lock on the data directory).
+    pub fn keep_alive(mut self, value: impl Send + 'static) -> Self {
+        self.keep.push(Box::new(value));
+        self
+    }
+
+    /// Seed of the node's random election timeouts (default: from the clock).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Validates the configuration, binds the client port, starts the
+    /// transport and the event loop.
+    pub fn start(self) -> Result<ServerHandle> {
+        let ServerBuilder {
+            id,
+            cluster,
+            timing,
+            client_addr,
+            log,
+            state,
+            kv,
+            transport,
+            keep,
+            seed,
+        } = self;
+        timing.validate()?;
+        if id == 0 || id as usize > cluster.len() {
+            return Err(Error::Config(format!(
+                "node id {id} is not in the cluster of {} members (ids are 1..={})",
+                cluster.len(),
+                cluster.len()
+            )));
+        }
+        let raft_addr = cluster[id as usize - 1];
+        let client_addr = match client_addr {
+            Some(a) => a,
+            None => default_client_addr(raft_addr)?,
+        };
+        let missing = |what: &str| Error::Config(format!("server built without {what}"));
+        let log = log.ok_or_else(|| missing("a log storage"))?;
+        let state = state.ok_or_else(|| missing("a state storage"))?;
+        let kv = kv.ok_or_else(|| missing("a key-value storage"))?;
+        let mut transport = transport.ok_or_else(|| missing("a transport"))?;
+
+        let machine = KvStateMachine::new(kv)?;
+        let peers: Vec<NodeId> = (1..=cluster.len() as NodeId).collect();
+        let mut config = raft::Config::new(id, peers).with_timing(&timing);
+        config.seed = seed.unwrap_or_else(clock_seed);
+        config.applied = machine.applied_index();
+        let node = Node::new(config, log, state)?;
+
+        let listener = TcpListener::bind(client_addr)
+            .map_err(|e| Error::io(format!("binding the client port {client_addr}"), e))?;
+        let client_addr = listener.local_addr()?;
+
+        let (tx, rx) = mpsc::channel::<Input>();
+        let inbox_tx = Mutex::new(tx.clone());
+        let inbox: Inbox = Arc::new(move |from, msg| {
+            let tx = inbox_tx.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = tx.send(Input::Peer(from, msg));
+        });
+        transport.start(inbox)?;
+
+        let status = Arc::new(Mutex::new(NodeStatus {
+            id,
+            role: "follower".into(),
+            term: 0,
+            leader: None,
+            commit_index: 0,
+            applied_index: machine.applied_index(),
+        }));
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let listener_thread = {
+            let tx = tx.clone();
+            let stopping = stopping.clone();
+            thread::Builder::new()
+                .name(format!("client-listener-{id}"))
+                .spawn(move || client_listener(listener, tx, stopping))
+                .map_err(|e| Error::io("spawning the client listener", e))?
+        };
+
+        let event_loop = EventLoop {
+            node,
+            machine,
+            transport,
+            inputs: rx,
+            tick: timing.tick(),
+            pending_writes: BTreeMap::new(),
+            pending_reads: HashMap::new(),
+            released_reads: Vec::new(),
+            next_read_id: 1,
+            status: status.clone(),
+            unflushed: 0,
+        };
+        let loop_thread = thread::Builder::new()
+            .name(format!("raft-loop-{id}"))
+            .spawn(move || {
+                let result = event_loop.run();
+                drop(keep);
+                result
+            })
+            .map_err(|e| Error::io("spawning the event loop", e))?;
+
+        log::info!("node {id} serving Raft on {raft_addr}, clients on {client_addr}");
+        Ok(ServerHandle {
+            id,
+            raft_addr,
+            client_addr,
+            tx,
+            status,
+            stopping,
+            loop_thread: Some(loop_thread),
+            listener_thread: Some(listener_thread),
+        })
+    }
+}
+
+fn clock_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A running server.
+pub struct ServerHandle {
+    id: NodeId,
+    raft_addr: SocketAddr,
+    client_addr: SocketAddr,
+    tx: Sender<Input>,
+    status: Arc<Mutex<NodeStatus>>,
+    stopping: Arc<AtomicBool>,
+    loop_thread: Option<JoinHandle<Result<()>>>,
+    listener_thread: Option<JoinHandle<()>>,
+}
+
+/// Asks a server to shut down; cheap to clone and usable from a signal
+/// handler thread.
+#[derive(Clone)]
+pub struct ShutdownTrigger {
+    tx: Sender<Input>,
+}
+
+impl ShutdownTrigger {
+    /// Asks the server to stop. It finishes the batch it is working on,
+    /// syncs, and exits.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(Input::Shutdown);
+    }
+}
+
+impl ServerHandle {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The Raft address.
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.raft_addr
+    }
+
+    /// The address the client port listens on.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The node's status as of its last loop iteration.
+    pub fn status(&self) -> NodeStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A handle that can stop the server from another thread.
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        ShutdownTrigger {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Asks the server to stop (see [`ShutdownTrigger::trigger`]).
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Input::Shutdown);
+    }
+
+    /// Waits until the server has stopped; returns the error that stopped
+    /// it, if any.
+    pub fn join(mut self) -> Result<()> {
+        self.join_threads()
+    }
+
+    fn join_threads(&mut self) -> Result<()> {
+        let result = match self.loop_thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(Error::Failed("the event loop panicked".into()))),
+            None => Ok(()),
+        };
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wake the listener's blocking accept.
+        let _ = TcpStream::connect_timeout(&self.client_addr, Duration::from_secs(1));
+        if let Some(t) = self.listener_thread.take() {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.loop_thread.is_some() {
+            self.shutdown();
+            let _ = self.join_threads();
+        }
+    }
+}
+
+/// A write waiting for its entry to apply: the term it was proposed in and
+/// where to answer.
+struct PendingWrite {
+    term: Term,
+    reply: Sender<Response>,
+}
+
+struct EventLoop<L: LogStorage, S: StateStorage> {
+    node: Node<L, S>,
+    machine: KvStateMachine,
+    transport: Box<dyn Transport>,
+    inputs: Receiver<Input>,
+    tick: Duration,
+    /// Writes proposed by this node, by log index.
+    pending_writes: BTreeMap<LogIndex, PendingWrite>,
+    /// Reads handed to the core, not yet released.
+    pending_reads: HashMap<u64, (Query, Sender<Response>)>,
+    /// Reads released by the core, waiting for the state machine to reach
+    /// their index.
+    released_reads: Vec<(LogIndex, Query, Sender<Response>)>,
+    next_read_id: u64,
+    status: Arc<Mutex<NodeStatus>>,
+    unflushed: u64,
+}
+
+impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
+    fn run(mut self) -> Result<()> {
+        let result = self.serve();
+        if let Err(e) = &result {
+            log::error!("node {} stopping on error: {e}", self.node.config().id);
+        }
+        let closing = self.close();
+        self.transport.shutdown();
+        result.and(closing)
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let now = Instant::now();
+            let first = if now >= next_tick {
+                None
+            } else {
+                match self.inputs.recv_timeout(next_tick - now) {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            };
+            let mut handled = 0;
+            let mut input = first;
+            loop {
+                if let Some(i) = input.take() {
+                    if !self.handle(i)? {
+                        return Ok(());
+                    }
+                    handled += 1;
+                }
+                if handled >= MAX_INPUTS_PER_BATCH {
+                    break;
+                }
+                match self.inputs.try_recv() {
+                    Ok(i) => input = Some(i),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.node.tick()?;
+                next_tick += self.tick;
+                // After a long stall (a paused process), do not replay every
+                // missed tick at once.
+                if next_tick + self.tick * 4 < now {
+                    next_tick = now + self.tick;
+                }
+            }
+            self.drive()?;
+        }
+    }
+
+    /// Handles one input; returns false on shutdown.
+    fn handle(&mut self, input: Input) -> Result<bool> {
+        match input {
+            Input::Peer(from, msg) => self.node.step(from, msg)?,
+            Input::Client(request, reply) => self.client_request(request, reply)?,
+            Input::Shutdown => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn client_request(&mut self, request: Request, reply: Sender<Response>) -> Result<()> {
+        match request {
+            Request::Status => {
+                let _ = reply.send(Response::Status(self.node_status()));
+            }
+            Request::Write { client_id, seq, op } => {
+                if let Err(e) = kv::validate_op(&op) {
+                    let _ = reply.send(Response::Outcome(Outcome::Rejected(e.to_string())));
+                    return Ok(());
+                }
+                let data = encode(&Command { client_id, seq, op });
+                match self.node.propose(data) {
+                    Ok(index) => {
+                        let term = self.node.status().term;
+                        if let Some(old) = self
+                            .pending_writes
+                            .insert(index, PendingWrite { term, reply })
+                        {
+                            let _ = old.reply.send(Response::Failed(
+                                "the entry was replaced before it committed".into(),
+                            ));
+                        }
+                    }
+                    Err(Error::NotLeader { leader }) => {
+                        let _ = reply.send(Response::NotLeader { leader });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Request::Read { query } => {
+                if let Err(e) = kv::validate_query(&query) {
+                    let _ = reply.send(Response::Outcome(Outcome::Rejected(e.to_string())));
+                    return Ok(());
+                }
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                match self.node.read_index(id) {
+                    Ok(()) => {
+                        self.pending_reads.insert(id, (query, reply));
+                    }
+                    Err(Error::NotLeader { leader }) => {
+                        let _ = reply.send(Response::NotLeader { leader });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the Raft ready cycle until the node has nothing more to hand out.
+    fn drive(&mut self) -> Result<()> {
+        loop {
+            let rd = self.node.ready();
+            for (to, msg) in rd.messages {
+                self.transport.send(to, msg);
+            }
+            if rd.needs_sync {
+                self.node.sync()?;
+            }
+            for (to, msg) in rd.messages_after_sync {
+                self.transport.send(to, msg);
+            }
+            for entry in &rd.committed {
+                let outcome = self.machine.apply(entry)?;
+                self.unflushed += 1;
+                if let Some(pending) = self.pending_writes.remove(&entry.index) {
+                    let response = if pending.term == entry.term {
+                        Response::Outcome(outcome.unwrap_or(Outcome::Done))
+                    } else {
+                        Response::Failed("leadership changed before the write committed".into())
+                    };
+                    let _ = pending.reply.send(response);
+                }
+            }
+            for read in rd.reads {
+                if let Some((query, reply)) = self.pending_reads.remove(&read.id) {
+                    self.released_reads.push((read.index, query, reply));
+                }
+            }
+            let leader = self.node.status().leader;
+            for id in rd.failed_reads {
+                if let Some((_, reply)) = self.pending_reads.remove(&id) {
+                    let _ = reply.send(Response::NotLeader { leader });
+                }
+            }
+            if !self.node.has_ready() {
+                break;
+            }
+        }
+        self.serve_reads()?;
+        self.fail_overwritten_writes();
+        if self.unflushed >= FLUSH_EVERY {
+            self.machine.flush()?;
+            self.unflushed = 0;
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    fn serve_reads(&mut self) -> Result<()> {
+        if self.released_reads.is_empty() {
+            return Ok(());
+        }
+        let applied = self.machine.applied_index();
+        let mut i = 0;
+        while i < self.released_reads.len() {
+            if self.released_reads[i].0 <= applied {
+                let (_, query, reply) = self.released_reads.swap_remove(i);
+                let _ = reply.send(Response::Outcome(self.machine.query(&query)?));
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A proposal beyond the end of the log was truncated away by a new
+    /// leader; it will never apply at its index.
+    fn fail_overwritten_writes(&mut self) {
+        let last = self.node.status().last_index;
+        if self
+            .pending_writes
+            .last_key_value()
+            .is_some_and(|(&i, _)| i > last)
+        {
+            for (_, pending) in self.pending_writes.split_off(&(last + 1)) {
+                let _ = pending.reply.send(Response::Failed(
+                    "leadership changed before the write committed".into(),
+                ));
+            }
+        }
+    }
+
+    fn node_status(&self) -> NodeStatus {
+        let s = self.node.status();
+        NodeStatus {
+            id: s.id,
+            role: s.role.as_str().to_string(),
+            term: s.term,
+            leader: s.leader,
+            commit_index: s.commit_index,
+            applied_index: self.machine.applied_index(),
+        }
+    }
+
+    fn publish_status(&self) {
+        let status = self.node_status();
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// Makes everything durable and answers every waiting client.
+    fn close(&mut self) -> Result<()> {
+        let synced = self.node.sync();
+        let flushed = self.machine.flush();
+        for (_, pending) in std::mem::take(&mut self.pending_writes) {
+            let _ = pending.reply.send(Response::Unknown(
+                "the node shut down before the write committed".into(),
+            ));
+        }
+        for (_, (_, reply)) in self.pending_reads.drain() {
+            let _ = reply.send(Response::Failed("the node is shutting down".into()));
+        }
+        for (_, _, reply) in self.released_reads.drain(..) {
+            let _ = reply.send(Response::Failed("the node is shutting down".into()));
+        }
+        log::info!("node {} stopped", self.node.config().id);
+        synced.and(flushed)
+    }
+}
+
+fn client_listener(listener: TcpListener, tx: Sender<Input>, stopping: Arc<AtomicBool>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("accepting a client connection: {e}");
+                // Back off briefly so a persistent error (e.g. out of file
+                // descriptors) does not spin.
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if open.load(Ordering::SeqCst) >= MAX_CLIENT_CONNECTIONS {
+            log::warn!("too many client connections; closing a new one");
+            continue;
+        }
+        open.fetch_add(1, Ordering::SeqCst);
+        let tx = tx.clone();
+        let open_conn = open.clone();
+        let spawned = thread::Builder::new()
+            .name("client-conn".into())
+            .spawn(move || {
+                let peer = stream.peer_addr().ok();
+                if let Err(e) = client_connection(stream, tx) {
+                    log::debug!("client connection {peer:?} closed: {e}");
+                }
+                open_conn.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot spawn a client connection thread: {e}");
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Serves one client connection: a request frame in, a response frame out,
+/// until the client closes it or sends something that does not parse.
+fn client_connection(stream: TcpStream, tx: Sender<Input>) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = BufWriter::new(stream);
+    loop {
+        let Some(body) = frame::read_frame(&mut reader, MAX_CLIENT_FRAME)? else {
+            return Ok(());
+        };
+        let request: Request = match decode(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writer.get_ref().shutdown(Shutdown::Both);
+                return Err(e);
+            }
+        };
+        let (reply_tx, reply_rx) = mpsc::channel();
+        if tx.send(Input::Client(request, reply_tx)).is_err() {
+            let response = Response::Failed("the node is shutting down".into());
+            frame::write_frame(&mut writer, &encode(&response))?;
+            writer.flush()?;
+            return Ok(());
+        }
+        let response = reply_rx
+            .recv()
+            .unwrap_or_else(|_| Response::Failed("the node is shutting down".into()));
+        frame::write_frame(&mut writer, &encode(&response))?;
+        writer.flush()?;
+    }
+}

@@ -49,6 +49,9 @@ pub struct Config {
     pub max_append_bytes: usize,
     /// Seed of the node's random generator (election timeouts).
     pub seed: u64,
+    /// The state machine's applied index at start: committed entries are
+    /// handed out from `applied + 1`.
+    pub applied: LogIndex,
     /// A deliberately broken rule, for proving the simulator catches it.
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
@@ -69,6 +72,7 @@ impl Config {
             max_inflight: 64,
             max_append_bytes: 1 << 20,
             seed: id,
+            applied: 0,
             #[cfg(feature = "mutations")]
             mutation: None,
         }

@@ -98,3 +98,39 @@ pub trait KvStorage: Send {
     /// Makes all writes durable.
     fn flush(&mut self) -> Result<()>;
 }
+
+impl<T: LogStorage + ?Sized> LogStorage for Box<T> {
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        (**self).append(entries)
+    }
+    fn entries(&self, lo: LogIndex, hi: LogIndex) -> Result<Vec<Entry>> {
+        (**self).entries(lo, hi)
+    }
+    fn term(&self, index: LogIndex) -> Result<Option<Term>> {
+        (**self).term(index)
+    }
+    fn first_index(&self) -> LogIndex {
+        (**self).first_index()
+    }
+    fn last_index(&self) -> LogIndex {
+        (**self).last_index()
+    }
+    fn truncate_after(&mut self, index: LogIndex) -> Result<()> {
+        (**self).truncate_after(index)
+    }
+    fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()> {
+        (**self).discard_through(index, term)
+    }
+    fn sync(&mut self) -> Result<()> {
+        (**self).sync()
+    }
+}
+
+impl<T: StateStorage + ?Sized> StateStorage for Box<T> {
+    fn load(&self) -> Result<HardState> {
+        (**self).load()
+    }
+    fn save(&mut self, state: &HardState) -> Result<()> {
+        (**self).save(state)
+    }
+}
