@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::protocol::{NodeStatus, Op, Outcome, Query, Request, Response};
-use super::{MAX_KEY_BYTES, validate_key, validate_value};
+use super::{validate_op, validate_query};
 use crate::network::frame;
 use crate::{Error, NodeId, Result};
 
@@ -167,7 +167,6 @@ impl Client {
 
     /// Reads `key` (linearizable). `None`: the key is absent.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        validate_key(key)?;
         match self.read(Query::Get { key: key.to_vec() })? {
             Outcome::Value(value) => Ok(value),
             other => Err(unexpected("get", &other)),
@@ -208,12 +207,6 @@ impl Client {
 
     /// The keys starting with `prefix`, sorted (linearizable).
     pub fn list(&mut self, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
-        if prefix.len() > MAX_KEY_BYTES {
-            return Err(Error::InvalidInput(format!(
-                "the prefix is {} bytes long; keys are at most {MAX_KEY_BYTES} bytes",
-                prefix.len()
-            )));
-        }
         match self.read(Query::List {
             prefix: prefix.to_vec(),
         })? {
@@ -285,8 +278,10 @@ impl Client {
         })
     }
 
-    /// Serves `query` through the leader (see [`Client::request`]).
+    /// Validates `query` and serves it through the leader (see
+    /// [`Client::request`]).
     pub fn read(&mut self, query: Query) -> Result<Outcome> {
+        validate_query(&query)?;
         self.request(&Request::Read { query })
     }
 
@@ -475,23 +470,6 @@ fn encode_frame(req: &Request) -> Vec<u8> {
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
     buf.extend_from_slice(&body);
     buf
-}
-
-fn validate_op(op: &Op) -> Result<()> {
-    match op {
-        Op::Put { key, value } => {
-            validate_key(key)?;
-            validate_value(value)
-        }
-        Op::Delete { key } => validate_key(key),
-        Op::Cas { key, expected, new } => {
-            validate_key(key)?;
-            if let Some(expected) = expected {
-                validate_value(expected)?;
-            }
-            validate_value(new)
-        }
-    }
 }
 
 fn unexpected(what: &str, outcome: &Outcome) -> Error {
