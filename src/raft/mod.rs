@@ -17,8 +17,11 @@
 //!    state machine has applied up to its index;
 //! 7. repeat from 2 while [`Node::has_ready`] is true.
 
+mod log;
 pub mod message;
 pub mod node;
+mod progress;
+mod rng;
 
 pub use message::Message;
 pub use node::Node;
@@ -47,10 +50,12 @@ pub struct Config {
     pub max_inflight: usize,
     /// Soft limit on the payload bytes carried by one append message.
     pub max_append_bytes: usize,
-    /// Seed of the node's random generator (election timeouts).
+    /// Seed of the node's random generator (election timeouts). The node
+    /// mixes its id in, so equal seeds on different nodes still differ.
     pub seed: u64,
-    /// The state machine's applied index at start: committed entries are
-    /// handed out from `applied + 1`.
+    /// The state machine's applied index when the node starts: it counts as
+    /// committed, and [`Ready::committed`] resumes after it. 0 for a fresh
+    /// state machine.
     pub applied: LogIndex,
     /// A deliberately broken rule, for proving the simulator catches it.
     #[cfg(feature = "mutations")]

@@ -1,0 +1,495 @@
+//! The node's view of its log: [`LogStorage`] plus the commit, sync and
+//! hand-out positions Raft tracks over it.
+//!
+//! Positions, and the invariants this type keeps between calls:
+//!
+//! - `applied <= commit`: `applied` is the last entry handed to the caller
+//!   for application ([`RaftLog::take_committed`]); entries are handed out in
+//!   order and at most once, and only once they are both committed and
+//!   locally durable (`<= synced`).
+//! - `commit` never decreases and never covers an entry this node's log
+//!   disagrees with: [`RaftLog::append_from_leader`] refuses to truncate at or
+//!   below it.
+//! - `synced <= last_index`: every entry up to `synced` is durable and equal
+//!   to what the log holds now. A truncation lowers `synced` to the cut
+//!   point; [`RaftLog::sync`] raises it to `last_index`.
+//! - `unsynced` is true exactly when the storage holds changes not yet synced.
+//! - `last_index` / `last_term` mirror the storage (cached to avoid lookups).
+
+use crate::storage::{Entry, LogStorage};
+use crate::{Error, LogIndex, Result, Term};
+
+/// Rough per-entry overhead, in bytes, counted against size limits.
+const ENTRY_OVERHEAD: usize = 24;
+
+/// Entries fetched from storage per read when building a size-limited batch.
+const FETCH_CHUNK: u64 = 256;
+
+/// The outcome of [`RaftLog::append_from_leader`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The log now holds the leader's entries through this index.
+    Matched(LogIndex),
+    /// The leader's entries conflict with committed entries: a protocol
+    /// violation somewhere. Nothing was changed.
+    ConflictsWithCommitted(LogIndex),
+}
+
+/// The log, with commit, sync and hand-out positions.
+pub struct RaftLog<L: LogStorage> {
+    storage: L,
+    last_index: LogIndex,
+    last_term: Term,
+    commit: LogIndex,
+    applied: LogIndex,
+    synced: LogIndex,
+    unsynced: bool,
+}
+
+impl<L: LogStorage> RaftLog<L> {
+    /// Wraps `storage`, whose content is taken to be durable (it was just
+    /// opened or recovered). `applied` is the last index the state machine
+    /// already holds: hand-out resumes after it, and it counts as committed.
+    pub fn new(storage: L, applied: LogIndex) -> Result<Self> {
+        let last_index = storage.last_index();
+        let last_term = storage.term(last_index)?.ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "log storage has no term for its last index {last_index}"
+            ))
+        })?;
+        Ok(RaftLog {
+            storage,
+            last_index,
+            last_term,
+            commit: applied,
+            applied,
+            synced: last_index,
+            unsynced: false,
+        })
+    }
+
+    /// The underlying storage.
+    pub fn storage(&self) -> &L {
+        &self.storage
+    }
+
+    /// Index of the last entry.
+    pub fn last_index(&self) -> LogIndex {
+        self.last_index
+    }
+
+    /// Term of the last entry (0 for an empty log).
+    pub fn last_term(&self) -> Term {
+        self.last_term
+    }
+
+    /// Index of the first entry the storage still holds.
+    pub fn first_index(&self) -> LogIndex {
+        self.storage.first_index()
+    }
+
+    /// The highest index known to be committed.
+    pub fn commit(&self) -> LogIndex {
+        self.commit
+    }
+
+    /// The last index handed out for application.
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// The highest index known to be durable.
+    pub fn synced(&self) -> LogIndex {
+        self.synced
+    }
+
+    /// Whether the storage holds changes that [`RaftLog::sync`] must persist.
+    pub fn needs_sync(&self) -> bool {
+        self.unsynced
+    }
+
+    /// The term at `index`, or `None` if the log does not hold it (beyond the
+    /// end, or discarded further back than the retained prefix term).
+    pub fn term(&self, index: LogIndex) -> Result<Option<Term>> {
+        if index == self.last_index {
+            return Ok(Some(self.last_term));
+        }
+        if index > self.last_index {
+            return Ok(None);
+        }
+        self.storage.term(index)
+    }
+
+    /// Whether the log holds an entry at `index` with `term` (index 0 and the
+    /// retained prefix count as held).
+    pub fn matches(&self, index: LogIndex, term: Term) -> Result<bool> {
+        Ok(self.term(index)? == Some(term))
+    }
+
+    /// Whether a log ending at `(last_index, last_term)` is at least as
+    /// up-to-date as this one: a later last term wins, and with equal last
+    /// terms the longer log wins.
+    pub fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
+        last_term > self.last_term || (last_term == self.last_term && last_index >= self.last_index)
+    }
+
+    /// Appends one new entry at the end (a leader's proposal or no-op);
+    /// returns its index.
+    pub fn append_new(&mut self, term: Term, data: Vec<u8>) -> Result<LogIndex> {
+        let index = self.last_index + 1;
+        let entry = Entry { index, term, data };
+        self.storage.append(std::slice::from_ref(&entry))?;
+        self.last_index = index;
+        self.last_term = term;
+        self.unsynced = true;
+        Ok(index)
+    }
+
+    /// Merges a leader's entries, which must directly follow an index whose
+    /// term already matched the leader's (the caller checked it). Entries
+    /// already present with the same term are skipped, so a duplicate or
+    /// reordered append changes nothing; at the first entry whose term
+    /// differs, the log is truncated there and the rest appended. The caller
+    /// validated that `entries` are contiguous.
+    pub fn append_from_leader(&mut self, entries: &[Entry]) -> Result<AppendOutcome> {
+        let Some(first) = entries.first() else {
+            return Ok(AppendOutcome::Matched(0));
+        };
+        let end = first.index + entries.len() as LogIndex - 1;
+        // Find the first entry that is not already present with its term.
+        let mut skip = 0;
+        for entry in entries {
+            if entry.index > self.last_index || !self.matches(entry.index, entry.term)? {
+                break;
+            }
+            skip += 1;
+        }
+        let rest = &entries[skip..];
+        let Some(new_first) = rest.first() else {
+            return Ok(AppendOutcome::Matched(end));
+        };
+        if new_first.index <= self.last_index {
+            // A conflicting suffix: drop it, unless it reaches committed entries.
+            if new_first.index <= self.commit {
+                return Ok(AppendOutcome::ConflictsWithCommitted(new_first.index));
+            }
+            self.truncate_after(new_first.index - 1)?;
+        }
+        self.storage.append(rest)?;
+        if let Some(last) = rest.last() {
+            self.last_index = last.index;
+            self.last_term = last.term;
+        }
+        self.unsynced = true;
+        Ok(AppendOutcome::Matched(end))
+    }
+
+    fn truncate_after(&mut self, index: LogIndex) -> Result<()> {
+        self.storage.truncate_after(index)?;
+        self.last_index = index;
+        self.last_term = self.storage.term(index)?.ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "log storage has no term at truncation point {index}"
+            ))
+        })?;
+        self.synced = self.synced.min(index);
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Raises the commit index to `index` (never lowers it).
+    pub fn commit_to(&mut self, index: LogIndex) {
+        if index > self.commit {
+            self.commit = index;
+        }
+    }
+
+    /// Makes every change durable and records it.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            self.storage.sync()?;
+            self.unsynced = false;
+        }
+        self.synced = self.last_index;
+        Ok(())
+    }
+
+    /// The last index that may be handed out: committed and durable.
+    fn applicable(&self) -> LogIndex {
+        self.commit.min(self.synced)
+    }
+
+    /// Whether [`RaftLog::take_committed`] would return entries.
+    pub fn has_committed(&self) -> bool {
+        self.applicable() > self.applied.max(self.first_index().saturating_sub(1))
+    }
+
+    /// Hands out the next committed, durable entries in order (about
+    /// `max_bytes` of them, at least one if any) and advances `applied`.
+    pub fn take_committed(&mut self, max_bytes: usize) -> Result<Vec<Entry>> {
+        let lo = (self.applied + 1).max(self.first_index());
+        let hi = self.applicable();
+        if lo > hi {
+            return Ok(Vec::new());
+        }
+        let entries = self.entries_limited(lo, hi, max_bytes)?;
+        if let Some(last) = entries.last() {
+            self.applied = last.index;
+        }
+        Ok(entries)
+    }
+
+    /// Entries from `lo` through at most `hi`, stopping once about
+    /// `max_bytes` are gathered (always at least one entry if `lo <= hi`).
+    pub fn entries_limited(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>> {
+        let hi = hi.min(self.last_index);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = lo;
+        while next <= hi {
+            let chunk_end = hi.min(next + FETCH_CHUNK - 1);
+            for entry in self.storage.entries(next, chunk_end + 1)? {
+                let size = entry.data.len() + ENTRY_OVERHEAD;
+                if !out.is_empty() && bytes + size > max_bytes {
+                    return Ok(out);
+                }
+                bytes += size;
+                out.push(entry);
+            }
+            next = chunk_end + 1;
+        }
+        Ok(out)
+    }
+
+    /// The follower's hint for a rejected append at `prev_index`: if the log
+    /// is shorter, `(last_index + 1, None)`; otherwise the term found at
+    /// `prev_index` and the first index of that term (searched no further
+    /// back than just past the commit index, which matches every leader).
+    pub fn conflict_hint(&self, prev_index: LogIndex) -> Result<(LogIndex, Option<Term>)> {
+        if prev_index > self.last_index {
+            return Ok((self.last_index + 1, None));
+        }
+        let Some(term) = self.term(prev_index)? else {
+            return Ok((self.last_index + 1, None));
+        };
+        // Terms never decrease along the log: binary search the first index
+        // in lo..=prev_index whose term is `term`.
+        let mut lo = (self.commit + 1).max(self.first_index()).min(prev_index);
+        let mut hi = prev_index;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.term(mid)? {
+                Some(t) if t >= term => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        Ok((lo, Some(term)))
+    }
+
+    /// The leader's side of the hint: the last index at or below `upto`
+    /// holding `term`, if the log has any entry of that term there.
+    pub fn last_index_of_term(&self, term: Term, upto: LogIndex) -> Result<Option<LogIndex>> {
+        let upto = upto.min(self.last_index);
+        // Binary search the last index in lo..=upto whose term is <= `term`.
+        let mut lo = self.first_index().saturating_sub(1);
+        match self.term(lo)? {
+            Some(t) if t <= term => {}
+            _ => return Ok(None),
+        }
+        let mut hi = upto;
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            match self.term(mid)? {
+                Some(t) if t <= term => lo = mid,
+                _ => hi = mid - 1,
+            }
+        }
+        Ok(match self.term(lo)? {
+            Some(t) if t == term => Some(lo),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryLog;
+
+    fn entry(index: LogIndex, term: Term) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8],
+        }
+    }
+
+    /// A log holding entries with the given terms at indexes 1, 2, ...
+    fn log_with_terms(terms: &[Term]) -> RaftLog<MemoryLog> {
+        let mut storage = MemoryLog::new();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| entry(i as LogIndex + 1, *t))
+            .collect();
+        storage.append(&entries).unwrap();
+        storage.sync().unwrap();
+        RaftLog::new(storage, 0).unwrap()
+    }
+
+    #[test]
+    fn opens_at_storage_end_as_synced() {
+        let log = log_with_terms(&[1, 1, 2]);
+        assert_eq!((log.last_index(), log.last_term()), (3, 2));
+        assert_eq!((log.commit(), log.applied(), log.synced()), (0, 0, 3));
+        assert!(!log.needs_sync());
+        assert_eq!(log.term(0).unwrap(), Some(0));
+        assert_eq!(log.term(4).unwrap(), None);
+    }
+
+    #[test]
+    fn up_to_date_compares_last_term_then_length() {
+        let log = log_with_terms(&[1, 2, 2]);
+        assert!(log.is_up_to_date(3, 2));
+        assert!(log.is_up_to_date(4, 2));
+        assert!(!log.is_up_to_date(2, 2));
+        assert!(
+            log.is_up_to_date(1, 3),
+            "a later last term wins over length"
+        );
+        assert!(
+            !log.is_up_to_date(10, 1),
+            "a longer log with an older last term loses"
+        );
+    }
+
+    #[test]
+    fn duplicate_append_does_not_truncate() {
+        let mut log = log_with_terms(&[1, 1, 1, 1]);
+        // A delayed append carrying entries 2..=3, all already present.
+        let out = log.append_from_leader(&[entry(2, 1), entry(3, 1)]).unwrap();
+        assert_eq!(out, AppendOutcome::Matched(3));
+        assert_eq!(log.last_index(), 4, "entry 4 must survive a stale append");
+        assert!(!log.needs_sync());
+    }
+
+    #[test]
+    fn conflicting_suffix_is_replaced() {
+        let mut log = log_with_terms(&[1, 1, 2, 2]);
+        let out = log
+            .append_from_leader(&[entry(3, 3), entry(4, 3), entry(5, 3)])
+            .unwrap();
+        assert_eq!(out, AppendOutcome::Matched(5));
+        assert_eq!((log.last_index(), log.last_term()), (5, 3));
+        assert_eq!(log.synced(), 2, "the cut lowers the durable mark");
+        assert!(log.needs_sync());
+        log.sync().unwrap();
+        assert_eq!(log.synced(), 5);
+        let terms: Vec<Term> = log.storage().all_entries().iter().map(|e| e.term).collect();
+        assert_eq!(terms, vec![1, 1, 3, 3, 3]);
+    }
+
+    #[test]
+    fn never_truncates_committed_entries() {
+        let mut log = log_with_terms(&[1, 1, 2]);
+        log.commit_to(3);
+        let out = log.append_from_leader(&[entry(3, 3)]).unwrap();
+        assert_eq!(out, AppendOutcome::ConflictsWithCommitted(3));
+        assert_eq!((log.last_index(), log.last_term()), (3, 2));
+    }
+
+    #[test]
+    fn commit_never_decreases() {
+        let mut log = log_with_terms(&[1, 1, 1]);
+        log.commit_to(2);
+        log.commit_to(1);
+        assert_eq!(log.commit(), 2);
+    }
+
+    #[test]
+    fn hands_out_only_committed_and_synced_entries_once() {
+        let mut log = log_with_terms(&[1, 1]);
+        log.append_new(1, b"x".to_vec()).unwrap();
+        log.commit_to(3);
+        assert!(log.has_committed());
+        let got: Vec<LogIndex> = log
+            .take_committed(1 << 20)
+            .unwrap()
+            .iter()
+            .map(|e| e.index)
+            .collect();
+        assert_eq!(
+            got,
+            vec![1, 2],
+            "entry 3 is committed but not yet durable here"
+        );
+        assert!(!log.has_committed());
+        log.sync().unwrap();
+        let got: Vec<LogIndex> = log
+            .take_committed(1 << 20)
+            .unwrap()
+            .iter()
+            .map(|e| e.index)
+            .collect();
+        assert_eq!(got, vec![3]);
+        assert!(log.take_committed(1 << 20).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hand_out_resumes_after_applied() {
+        let mut storage = MemoryLog::new();
+        storage
+            .append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .unwrap();
+        let mut log = RaftLog::new(storage, 2).unwrap();
+        assert_eq!(log.commit(), 2);
+        assert!(!log.has_committed());
+        log.commit_to(3);
+        let got: Vec<LogIndex> = log
+            .take_committed(1 << 20)
+            .unwrap()
+            .iter()
+            .map(|e| e.index)
+            .collect();
+        assert_eq!(got, vec![3]);
+    }
+
+    #[test]
+    fn size_limited_reads_return_at_least_one_entry() {
+        let log = log_with_terms(&[1; 600]);
+        let one = log.entries_limited(1, 600, 0).unwrap();
+        assert_eq!(one.len(), 1);
+        let some = log
+            .entries_limited(1, 600, 10 * (1 + ENTRY_OVERHEAD))
+            .unwrap();
+        assert_eq!(some.len(), 10);
+        let all = log.entries_limited(5, 600, usize::MAX).unwrap();
+        assert_eq!(all.len(), 596);
+        assert_eq!(all.last().unwrap().index, 600);
+    }
+
+    #[test]
+    fn conflict_hints_name_the_first_index_of_the_conflicting_term() {
+        let log = log_with_terms(&[1, 1, 2, 2, 2, 4, 4]);
+        assert_eq!(log.conflict_hint(9).unwrap(), (8, None), "short log");
+        assert_eq!(log.conflict_hint(5).unwrap(), (3, Some(2)));
+        assert_eq!(log.conflict_hint(7).unwrap(), (6, Some(4)));
+        assert_eq!(log.conflict_hint(1).unwrap(), (1, Some(1)));
+    }
+
+    #[test]
+    fn leader_finds_last_index_of_a_term() {
+        let log = log_with_terms(&[1, 1, 2, 2, 2, 4, 4]);
+        assert_eq!(log.last_index_of_term(2, 7).unwrap(), Some(5));
+        assert_eq!(log.last_index_of_term(2, 4).unwrap(), Some(4));
+        assert_eq!(log.last_index_of_term(3, 7).unwrap(), None);
+        assert_eq!(log.last_index_of_term(4, 100).unwrap(), Some(7));
+        assert_eq!(log.last_index_of_term(1, 7).unwrap(), Some(2));
+        assert_eq!(log.last_index_of_term(0, 7).unwrap(), Some(0));
+    }
+}
