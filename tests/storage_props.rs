@@ -76,15 +76,23 @@ fn data(index: LogIndex, term: Term, len: usize) -> Vec<u8> {
 #[derive(Clone, Debug)]
 enum LogOp {
     /// Append `n` entries at the end, the term raised by `bump`.
-    Append { n: usize, bump: u64, len: usize },
+    Append {
+        n: usize,
+        bump: u64,
+        len: usize,
+    },
     /// Append one entry leaving a gap: must fail and change nothing.
     AppendGap,
     /// Truncate after `last_index - back` (may reach into the discarded
     /// prefix, which must fail).
-    TruncateAfter { back: u64 },
+    TruncateAfter {
+        back: u64,
+    },
     /// Discard through `first_index - 1 + pick` (a no-op, inside the log or
     /// beyond its end).
-    DiscardThrough { pick: u64 },
+    DiscardThrough {
+        pick: u64,
+    },
     Sync,
     Restart,
     Crash,
@@ -204,7 +212,11 @@ fn check_log(log: &impl LogStorage, m: &LogModel) -> Result<(), TestCaseError> {
             );
         }
     }
-    prop_assert!(log.entries(m.first_index(), m.first_index()).unwrap().is_empty());
+    prop_assert!(
+        log.entries(m.first_index(), m.first_index())
+            .unwrap()
+            .is_empty()
+    );
     prop_assert!(log.entries(m.prefix_index, m.last_index() + 1).is_err());
     prop_assert!(log.entries(m.first_index(), m.last_index() + 2).is_err());
     Ok(())
