@@ -94,6 +94,8 @@ const BODY_FIXED: usize = 16;
 /// since entries travel to followers in frames.
 pub const MAX_ENTRY_DATA: usize = crate::network::frame::MAX_FRAME;
 const MAX_BODY: usize = BODY_FIXED + MAX_ENTRY_DATA;
+/// The largest prefix index a log file may carry.
+const MAX_INDEX: LogIndex = i64::MAX as LogIndex;
 /// `pending` is written out once it grows past this.
 const WRITE_THRESHOLD: usize = 256 << 10;
 /// Unit of reading when copying or searching the file.
@@ -186,6 +188,13 @@ impl FileLog {
         let salt = u32_at(&header, 12);
         let prefix_index = u64_at(&header, 16);
         let prefix_term = u64_at(&header, 24);
+        // Far beyond any real log; rejecting it keeps index arithmetic safe.
+        if prefix_index > MAX_INDEX {
+            return Err(corrupt(
+                16,
+                format!("implausible prefix index {prefix_index}"),
+            ));
+        }
 
         let mut offsets = Vec::new();
         let mut terms = Vec::new();
@@ -480,6 +489,11 @@ impl LogStorage for FileLog {
         self.check_usable()?;
         if index <= self.prefix_index {
             return Ok(());
+        }
+        if index > MAX_INDEX {
+            return Err(Error::InvalidInput(format!(
+                "cannot discard through index {index}: beyond the largest log index"
+            )));
         }
         let end = self.end();
         let keep_from = if index >= self.last_index() {
