@@ -193,10 +193,9 @@ impl ServerBuilder {
         let client_addr = listener.local_addr()?;
 
         let (tx, rx) = mpsc::channel::<Input>();
-        let inbox_tx = Mutex::new(tx.clone());
+        let inbox_tx = tx.clone();
         let inbox: Inbox = Arc::new(move |from, msg| {
-            let tx = inbox_tx.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = tx.send(Input::Peer(from, msg));
+            let _ = inbox_tx.send(Input::Peer(from, msg));
         });
         transport.start(inbox)?;
 

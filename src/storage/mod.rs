@@ -9,7 +9,7 @@
 //!
 //! Each trait has an in-memory backend ([`memory`]) for tests and simulation,
 //! which models durability honestly (unsynced writes can be lost by a
-//! simulated crash), and a crash-safe file backend ([`file`]).
+//! simulated crash), and a crash-safe file backend ([`mod@file`]).
 
 use serde::{Deserialize, Serialize};
 
