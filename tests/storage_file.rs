@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kvapp_c::storage::file::{DataDir, FileKv, FileLog, FileState};
 use kvapp_c::storage::{Entry, HardState, KvStorage, KvWrite, LogStorage, StateStorage};
@@ -861,38 +860,4 @@ fn failed_open_releases_its_claim() {
     assert!(data.log().is_err());
     fs::remove_file(log_path(dir.path())).unwrap();
     data.log().unwrap();
-}
-
-/// The lock also excludes another process. The test runs itself as the
-/// child: with `KVAPP_LOCK_CHILD` set it only tries to open the directory
-/// and reports the outcome in its exit code.
-#[test]
-fn lock_excludes_other_processes() {
-    const TEST: &str = "lock_excludes_other_processes";
-    if let Some(dir) = std::env::var_os("KVAPP_LOCK_CHILD") {
-        let code = match DataDir::open(Path::new(&dir)) {
-            Ok(_) => 10,
-            Err(Error::Locked(_)) => 11,
-            Err(_) => 12,
-        };
-        std::process::exit(code);
-    }
-    let dir = tempdir();
-    let child = || {
-        Command::new(std::env::current_exe().unwrap())
-            .args([TEST, "--exact", "--test-threads=1"])
-            .env("KVAPP_LOCK_CHILD", dir.path())
-            .output()
-            .unwrap()
-            .status
-            .code()
-    };
-    let held = DataDir::open(dir.path()).unwrap();
-    assert_eq!(child(), Some(11), "the child opened a locked directory");
-    drop(held);
-    assert_eq!(
-        child(),
-        Some(10),
-        "the child could not open a free directory"
-    );
 }
