@@ -27,6 +27,9 @@ pub mod storage;
 pub mod timing;
 
 pub use error::{Error, Result};
+pub use kv::{CasOutcome, Client};
+pub use server::{Server, ServerHandle};
+pub use timing::TimingConfig;
 
 /// Identifies a node in the cluster. Node ids are 1-based positions in the
 /// cluster list.
