@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kvapp_c::kv::Client;
+use kvapp_c::kv::protocol::{Op, Outcome, Query, Request, Response};
+use kvapp_c::network::frame;
 use kvapp_c::network::memory::MemoryNetwork;
 use kvapp_c::server::{Server, ServerHandle};
 use kvapp_c::storage::memory::{MemoryKv, MemoryLog, MemoryState};
@@ -258,4 +260,110 @@ fn writes_survive_a_restart_of_every_node() {
             Some(format!("value{i}").into_bytes())
         );
     }
+}
+
+/// Sends a request frame on a raw connection.
+fn send_request(stream: &mut std::net::TcpStream, request: &Request) {
+    use std::io::Write;
+    let mut bytes = Vec::new();
+    frame::write_frame(&mut bytes, &frame::encode(request)).unwrap();
+    stream.write_all(&bytes).unwrap();
+}
+
+fn read_response(reader: &mut impl std::io::Read) -> Response {
+    let body = frame::read_frame(reader, frame::MAX_FRAME)
+        .unwrap()
+        .expect("an answer");
+    frame::decode(&body).unwrap()
+}
+
+/// A client that sends several requests before reading any answer gets
+/// every answer, in request order.
+#[test]
+fn requests_sent_ahead_on_one_connection_are_answered_in_order() {
+    let c = Cluster::start(3);
+    let leader = c.wait_for_leader(None);
+    let mut stream = std::net::TcpStream::connect(c.node(leader).client_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let put = |seq: u64, value: &str| Request::Write {
+        client_id: 42,
+        seq,
+        op: Op::Put {
+            key: b"k".to_vec(),
+            value: value.as_bytes().to_vec(),
+        },
+    };
+    let get = Request::Read {
+        query: Query::Get { key: b"k".to_vec() },
+    };
+    for request in [put(1, "one"), get.clone(), put(2, "two"), get] {
+        send_request(&mut stream, &request);
+    }
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let answers: Vec<Response> = (0..4).map(|_| read_response(&mut reader)).collect();
+    assert_eq!(
+        answers,
+        vec![
+            Response::Outcome(Outcome::Done),
+            Response::Outcome(Outcome::Value(Some(b"one".to_vec()))),
+            Response::Outcome(Outcome::Done),
+            Response::Outcome(Outcome::Value(Some(b"two".to_vec()))),
+        ]
+    );
+}
+
+/// A client that floods a node with requests and never reads the answers
+/// does not stall the node for anybody else; the node closes that
+/// connection once too many answers wait for it.
+#[test]
+fn a_client_that_never_reads_does_not_stall_the_node() {
+    let c = Cluster::start(3);
+    let leader = c.wait_for_leader(None);
+    let mut client = c.client(Duration::from_secs(30));
+    client
+        .put(b"big", &vec![b'v'; kvapp_c::kv::MAX_VALUE_BYTES])
+        .unwrap();
+    let mut flood = std::net::TcpStream::connect(c.node(leader).client_addr()).unwrap();
+    flood
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // Each answer carries a 1 MiB value; 64 of them overflow what the node
+    // keeps for one client.
+    let get = Request::Read {
+        query: Query::Get {
+            key: b"big".to_vec(),
+        },
+    };
+    for _ in 0..64 {
+        send_request(&mut flood, &get);
+    }
+    for i in 0..50 {
+        let key = format!("after-{i}");
+        client.put(key.as_bytes(), b"x").unwrap();
+        assert_eq!(client.get(key.as_bytes()).unwrap(), Some(b"x".to_vec()));
+    }
+    // The node gave up on the flooding connection: reading it ends (after
+    // what was already in flight) well before 64 answers arrived.
+    flood
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        use std::io::{ErrorKind, Read};
+        match flood.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("the node neither answered nor closed the connection: {e}")
+            }
+            Err(_) => break, // reset by the node
+        }
+    }
+    assert!(
+        received < 64 * kvapp_c::kv::MAX_VALUE_BYTES,
+        "the node sent every answer ({received} bytes) instead of closing"
+    );
 }

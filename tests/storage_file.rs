@@ -710,6 +710,36 @@ fn kv_flush_reopen_and_lost_writes() {
     assert_eq!(kv.scan_prefix(b"").unwrap().len(), 2);
 }
 
+/// A background flush persists the state as of the moment it started;
+/// writes after it stay in memory until the next flush, and dropping the
+/// store waits for the background writer.
+#[test]
+fn kv_background_flush_keeps_the_state_it_started_from() {
+    let dir = tempdir();
+    let mut kv = open_kv(dir.path()).unwrap();
+    kv.write(1, vec![put(b"a", b"1"), put(b"big", &[9; 300_000])])
+        .unwrap();
+    kv.flush_background().unwrap();
+    kv.write(2, vec![put(b"a", b"2")]).unwrap();
+    drop(kv);
+    let mut kv = open_kv(dir.path()).unwrap();
+    assert_eq!(kv.applied_index(), 1);
+    assert_eq!(kv.get(b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(kv.get(b"big").unwrap(), Some(vec![9; 300_000]));
+
+    // A foreground flush after a background one waits for it, then writes
+    // the newer state.
+    kv.write(2, vec![put(b"a", b"2")]).unwrap();
+    kv.flush_background().unwrap();
+    kv.write(3, vec![put(b"a", b"3")]).unwrap();
+    kv.flush().unwrap();
+    drop(kv);
+    let kv = open_kv(dir.path()).unwrap();
+    assert_eq!(kv.applied_index(), 3);
+    assert_eq!(kv.get(b"a").unwrap(), Some(b"3".to_vec()));
+    assert!(!dir.path().join("kv.snapshot.tmp").exists());
+}
+
 fn kv_bytes(dir: &Path) -> Vec<u8> {
     let sub = dir.join("scratch");
     let mut kv = open_kv(&sub).unwrap();

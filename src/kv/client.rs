@@ -87,6 +87,9 @@ pub struct CasOutcome {
 /// An open connection to one node.
 struct Conn {
     stream: TcpStream,
+    /// Reads answers from a clone of `stream`, so a small answer takes one
+    /// `read` call rather than one per frame part.
+    reader: std::io::BufReader<TcpStream>,
     /// The read and write timeout currently set on `stream`.
     timeout: Duration,
 }
@@ -419,8 +422,12 @@ fn exchange(
             stream
                 .set_nodelay(true)
                 .map_err(|e| not_sent("cannot configure the connection to", &e))?;
+            let reader = stream
+                .try_clone()
+                .map_err(|e| not_sent("cannot configure the connection to", &e))?;
             conn.insert(Conn {
                 stream,
+                reader: std::io::BufReader::new(reader),
                 timeout: Duration::ZERO,
             })
         }
@@ -446,7 +453,7 @@ fn exchange(
         sent: true,
         message,
     };
-    let result = match frame::read_frame(&mut c.stream, frame::MAX_FRAME) {
+    let result = match frame::read_frame(&mut c.reader, frame::MAX_FRAME) {
         Ok(Some(body)) => frame::decode::<Response>(&body)
             .map_err(|e| lost(format!("node {id} at {addr} sent a bad response: {e}"))),
         Ok(None) => Err(lost(format!(

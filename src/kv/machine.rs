@@ -219,6 +219,12 @@ impl KvStateMachine {
         self.storage.flush()
     }
 
+    /// Starts making everything applied so far durable, without waiting
+    /// (see [`KvStorage::flush_background`]).
+    pub fn flush_background(&mut self) -> Result<()> {
+        self.storage.flush_background()
+    }
+
     /// Applies a decoded command at `index` through its client's session.
     fn apply_command(&mut self, index: LogIndex, command: Command) -> Result<Outcome> {
         let Command { client_id, seq, op } = command;

@@ -97,6 +97,14 @@ pub trait KvStorage: Send {
     fn applied_index(&self) -> LogIndex;
     /// Makes all writes durable.
     fn flush(&mut self) -> Result<()>;
+    /// Starts making the writes so far durable without waiting for the disk.
+    /// They are durable once a later [`flush`](KvStorage::flush) returns; a
+    /// failure of the background work is reported by the next call of either
+    /// method. At most one background flush runs at a time; calling this
+    /// while one runs may do nothing. The default flushes in the foreground.
+    fn flush_background(&mut self) -> Result<()> {
+        self.flush()
+    }
 }
 
 impl<T: LogStorage + ?Sized> LogStorage for Box<T> {

@@ -30,12 +30,17 @@
 //!   thousand applied entries, and before compacting the log), not per write.
 //!   Opening reads the file whole, briefly needing about twice its size in
 //!   memory.
+//! - `flush_background` moves the file work off the caller's thread: it
+//!   encodes the snapshot into memory (a copy of the store, so the caller
+//!   pauses only for the copy) and a thread writes, syncs and renames it.
+//!   One runs at a time; `flush` and dropping the store wait for it.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::thread::{self, JoinHandle};
 
 use super::{
     Claim, check_magic_version, commit_tmp, create_tmp, read_file, remove_stale_tmp, u32_at, u64_at,
@@ -55,6 +60,8 @@ pub struct FileKv {
     applied: LogIndex,
     /// Whether anything was written since the last flush.
     dirty: bool,
+    /// A snapshot being written by a background thread.
+    background: Option<JoinHandle<Result<()>>>,
     _claim: Claim,
 }
 
@@ -83,6 +90,7 @@ impl FileKv {
             data,
             applied,
             dirty: false,
+            background: None,
             _claim: claim,
         })
     }
@@ -147,6 +155,7 @@ impl KvStorage for FileKv {
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.finish_background(true)?;
         if !self.dirty {
             return Ok(());
         }
@@ -158,6 +167,63 @@ impl KvStorage for FileKv {
         commit_tmp(&file, &tmp, &self.path)?;
         self.dirty = false;
         Ok(())
+    }
+
+    /// Encodes the snapshot in memory (a copy of the store, taken now), then
+    /// writes, syncs and renames it on a background thread. Skipped while
+    /// the previous background flush still runs.
+    fn flush_background(&mut self) -> Result<()> {
+        if !self.finish_background(false)? || !self.dirty {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        self.write_snapshot(&mut bytes)
+            .map_err(|e| Error::io(format!("encoding {}", self.path.display()), e))?;
+        let path = self.path.clone();
+        let handle = thread::Builder::new()
+            .name("kv-flush".into())
+            .spawn(move || {
+                let (tmp, file) = create_tmp(&path)?;
+                if let Err(e) = io::Write::write_all(&mut &file, &bytes) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(Error::io(format!("writing {}", tmp.display()), e));
+                }
+                commit_tmp(&file, &tmp, &path)
+            })
+            .map_err(|e| Error::io("spawning the snapshot writer", e))?;
+        self.background = Some(handle);
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+impl FileKv {
+    /// Collects a finished background flush (waiting for it if `wait`) and
+    /// returns its error. Returns whether no background flush is running
+    /// any more. A failed one leaves the store dirty, so it is written again.
+    fn finish_background(&mut self, wait: bool) -> Result<bool> {
+        match &self.background {
+            None => return Ok(true),
+            Some(h) if !wait && !h.is_finished() => return Ok(false),
+            Some(_) => {}
+        }
+        let handle = self.background.take().expect("checked above");
+        let result = handle
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the snapshot writer panicked".into())));
+        if result.is_err() {
+            self.dirty = true;
+        }
+        result.map(|()| true)
+    }
+}
+
+impl Drop for FileKv {
+    /// Waits for a background flush, so the directory lock outlives it.
+    fn drop(&mut self) {
+        if let Err(e) = self.finish_background(true) {
+            log::warn!("background snapshot of {} failed: {e}", self.path.display());
+        }
     }
 }
 
