@@ -12,16 +12,22 @@ use crate::{LogIndex, NodeId, Term};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Sets `key` to `new` if it currently holds `expected` (`None`: absent).
     Cas {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
         new: Vec<u8>,
     },
 }
@@ -29,8 +35,14 @@ pub enum Op {
 /// A read-only operation, served linearizably through ReadIndex.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
-    Get { key: Vec<u8> },
-    List { prefix: Vec<u8> },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    List {
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+    },
 }
 
 /// The command stored in a log entry: an operation tagged with its client
@@ -60,12 +72,13 @@ pub enum Outcome {
     /// Put or delete done.
     Done,
     /// A get's value (`None`: absent).
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// A list's keys, sorted.
     Keys(Vec<Vec<u8>>),
     /// A cas: whether it swapped, and the value the key held before.
     Cas {
         swapped: bool,
+        #[serde(with = "serde_bytes")]
         current: Option<Vec<u8>>,
     },
     /// The request was rejected by the state machine (invalid key or value,

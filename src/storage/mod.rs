@@ -25,6 +25,7 @@ pub struct Entry {
     pub term: Term,
     /// The command for the state machine. Empty for the no-op entry a new
     /// leader appends on election.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
