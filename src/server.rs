@@ -10,10 +10,10 @@
 //!   entries and answer the clients whose requests completed;
 //! - the **transport** (see [`crate::network`]) delivers peer messages into
 //!   the loop's channel and sends on its own writer threads;
-//! - the **client listener** accepts client connections; each connection has
-//!   one thread that reads request frames and hands them to the loop. The
-//!   loop writes each answer to the client's socket itself, without blocking
-//!   (see [`Replies`]), so a request costs one thread hand-off, not two.
+//! - the **client reader** (see [`clients`]) accepts client connections and
+//!   reads requests from all of them with `epoll`, handing everything that
+//!   arrived together to the loop as one input. The loop writes each answer
+//!   to the client's socket itself, without blocking.
 //!
 //! Invariants: a client hears `Done` for a write only after its entry was
 //! committed and applied; a read is served only when the Raft core released
@@ -21,27 +21,22 @@
 //! machine has applied up to the read's index.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::kv::KvStateMachine;
 use crate::kv::protocol::{Command, NodeStatus, Outcome, Query, Request, Response};
-use crate::network::frame::{self, decode, encode};
+use crate::network::frame::encode;
 use crate::network::{Inbox, Transport};
 use crate::raft::{self, Message, Node};
 use crate::storage::{KvStorage, LogStorage, StateStorage};
 use crate::timing::TimingConfig;
 use crate::{Error, LogIndex, NodeId, Result, Term, kv};
 
-/// Largest request frame accepted on the client port.
-const MAX_CLIENT_FRAME: usize = kv::MAX_KEY_BYTES * 2 + kv::MAX_VALUE_BYTES + 1024;
-/// Most client connections served at once; further ones are closed at once.
-const MAX_CLIENT_CONNECTIONS: usize = 4096;
 /// The state machine starts a background flush of its storage after this
 /// many applied entries (and flushes in full at shutdown); after a crash the
 /// log is replayed from the last completed flush.
@@ -60,9 +55,14 @@ pub fn default_client_addr(raft_addr: SocketAddr) -> Result<SocketAddr> {
     Ok(SocketAddr::new(raft_addr.ip(), port))
 }
 
+mod clients;
+
+use clients::{ClientReader, Replies, Reply, Waker};
+
 enum Input {
     Peer(NodeId, Message),
-    Client(Request, Reply),
+    /// Requests that arrived together, each with where to answer it.
+    Clients(Vec<(Request, Reply)>),
     Shutdown,
 }
 
@@ -211,14 +211,11 @@ impl ServerBuilder {
         }));
         let stopping = Arc::new(AtomicBool::new(false));
 
-        let listener_thread = {
-            let tx = tx.clone();
-            let stopping = stopping.clone();
-            thread::Builder::new()
-                .name(format!("client-listener-{id}"))
-                .spawn(move || client_listener(listener, tx, stopping))
-                .map_err(|e| Error::io("spawning the client listener", e))?
-        };
+        let (reader, reader_waker) = ClientReader::new(listener, tx.clone(), stopping.clone())?;
+        let listener_thread = thread::Builder::new()
+            .name(format!("client-reader-{id}"))
+            .spawn(move || reader.run())
+            .map_err(|e| Error::io("spawning the client reader", e))?;
 
         let event_loop = EventLoop {
             node,
@@ -251,6 +248,7 @@ impl ServerBuilder {
             tx,
             status,
             stopping,
+            reader_waker,
             loop_thread: Some(loop_thread),
             listener_thread: Some(listener_thread),
         })
@@ -278,6 +276,7 @@ pub struct ServerHandle {
     tx: Sender<Input>,
     status: Arc<Mutex<NodeStatus>>,
     stopping: Arc<AtomicBool>,
+    reader_waker: Arc<Waker>,
     loop_thread: Option<JoinHandle<Result<()>>>,
     listener_thread: Option<JoinHandle<()>>,
 }
@@ -347,8 +346,7 @@ impl ServerHandle {
             None => Ok(()),
         };
         self.stopping.store(true, Ordering::SeqCst);
-        // Wake the listener's blocking accept.
-        let _ = TcpStream::connect_timeout(&self.client_addr, Duration::from_secs(1));
+        self.reader_waker.wake();
         if let Some(t) = self.listener_thread.take() {
             let _ = t.join();
         }
@@ -451,7 +449,11 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
     fn handle(&mut self, input: Input) -> Result<bool> {
         match input {
             Input::Peer(from, msg) => self.node.step(from, msg)?,
-            Input::Client(request, reply) => self.client_request(request, reply)?,
+            Input::Clients(requests) => {
+                for (request, reply) in requests {
+                    self.client_request(request, reply)?;
+                }
+            }
             Input::Shutdown => return Ok(false),
         }
         Ok(true)
@@ -638,225 +640,4 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         log::info!("node {} stopped", self.node.config().id);
         synced.and(flushed)
     }
-}
-
-fn client_listener(listener: TcpListener, tx: Sender<Input>, stopping: Arc<AtomicBool>) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let mut next_id = 0u64;
-    for stream in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("accepting a client connection: {e}");
-                // Back off briefly so a persistent error (e.g. out of file
-                // descriptors) does not spin.
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        if open.load(Ordering::SeqCst) >= MAX_CLIENT_CONNECTIONS {
-            log::warn!("too many client connections; closing a new one");
-            continue;
-        }
-        open.fetch_add(1, Ordering::SeqCst);
-        next_id += 1;
-        let id = next_id;
-        let tx = tx.clone();
-        let open_conn = open.clone();
-        let spawned = thread::Builder::new()
-            .name("client-conn".into())
-            .spawn(move || {
-                let peer = stream.peer_addr().ok();
-                if let Err(e) = client_connection(stream, tx, id) {
-                    log::debug!("client connection {peer:?} closed: {e}");
-                }
-                open_conn.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            log::warn!("cannot spawn a client connection thread: {e}");
-            open.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Serves one client connection: reads request frames and hands them to the
-/// event loop, which writes the answers. A request is handed over only after
-/// the previous one on this connection was answered, so answers leave in
-/// request order and one connection cannot queue unbounded work.
-fn client_connection(stream: TcpStream, tx: Sender<Input>, id: u64) -> Result<()> {
-    stream.set_nodelay(true)?;
-    let conn = Arc::new(ClientConn {
-        id,
-        stream: stream.try_clone()?,
-        gate: Mutex::new(Gate::default()),
-        answered: Condvar::new(),
-    });
-    let _closing = CloseOnDrop(conn.clone());
-    let mut reader = BufReader::new(stream);
-    loop {
-        let Some(body) = frame::read_frame(&mut reader, MAX_CLIENT_FRAME)? else {
-            return Ok(());
-        };
-        let request: Request = match decode(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = conn.stream.shutdown(Shutdown::Both);
-                return Err(e);
-            }
-        };
-        {
-            let mut gate = conn.gate.lock().unwrap_or_else(|e| e.into_inner());
-            while gate.busy {
-                gate.waiting = true;
-                gate = conn.answered.wait(gate).unwrap_or_else(|e| e.into_inner());
-            }
-            gate.busy = true;
-        }
-        if tx.send(Input::Client(request, conn.clone())).is_err() {
-            let response = Response::Failed("the node is shutting down".into());
-            let mut writer = BufWriter::new(&conn.stream);
-            frame::write_frame(&mut writer, &encode(&response))?;
-            writer.flush()?;
-            return Ok(());
-        }
-    }
-}
-
-/// Where the event loop sends a client's answer.
-type Reply = Arc<ClientConn>;
-
-/// A client connection as the event loop sees it.
-struct ClientConn {
-    /// Distinguishes connections in [`Replies::stalled`].
-    id: u64,
-    /// The connection's socket; the loop writes answers to it.
-    stream: TcpStream,
-    gate: Mutex<Gate>,
-    /// Signalled when an answer is written and the reader is waiting.
-    answered: Condvar,
-}
-
-/// Whether a connection has a request in the loop.
-#[derive(Default)]
-struct Gate {
-    /// A request was handed to the loop and not yet answered.
-    busy: bool,
-    /// The reader waits for that answer (the client sent ahead).
-    waiting: bool,
-}
-
-/// Shuts the socket when the reader thread ends, so the loop's later
-/// writes fail at once instead of filling a buffer nobody reads.
-struct CloseOnDrop(Arc<ClientConn>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.stream.shutdown(Shutdown::Both);
-    }
-}
-
-/// Most answer bytes kept for one client that does not read them; beyond it
-/// the connection is closed.
-const MAX_STALLED_BYTES: usize = 16 << 20;
-
-/// Writes answers to client sockets from the event loop without ever
-/// blocking it: a write that would block keeps the rest of its bytes, which
-/// go out on later loop iterations, before any later answer to that client.
-#[derive(Default)]
-struct Replies {
-    /// Answer bytes that did not fit into the socket yet, by connection.
-    stalled: HashMap<u64, (Reply, Vec<u8>)>,
-    buf: Vec<u8>,
-}
-
-impl Replies {
-    /// Sends `response` to the client behind `to`.
-    fn send(&mut self, to: &Reply, response: Response) {
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0; frame::HEADER_LEN]);
-        frame::encode_into(&response, &mut self.buf);
-        let body_len = self.buf.len() - frame::HEADER_LEN;
-        let Ok(len) = u32::try_from(body_len) else {
-            log::warn!("dropping an answer of {body_len} bytes: too large for a frame");
-            let _ = to.stream.shutdown(Shutdown::Both);
-            return;
-        };
-        self.buf[..4].copy_from_slice(&frame::MAGIC);
-        self.buf[4] = frame::VERSION;
-        self.buf[5..frame::HEADER_LEN].copy_from_slice(&len.to_le_bytes());
-        {
-            let mut gate = to.gate.lock().unwrap_or_else(|e| e.into_inner());
-            gate.busy = false;
-            if gate.waiting {
-                gate.waiting = false;
-                to.answered.notify_one();
-            }
-        }
-        if let Some((_, rest)) = self.stalled.get_mut(&to.id) {
-            rest.extend_from_slice(&self.buf);
-            if rest.len() > MAX_STALLED_BYTES {
-                log::warn!("a client does not read its answers; closing its connection");
-                let _ = to.stream.shutdown(Shutdown::Both);
-                self.stalled.remove(&to.id);
-            }
-            return;
-        }
-        match send_nonblocking(&to.stream, &self.buf) {
-            Ok(n) if n == self.buf.len() => {}
-            Ok(n) => {
-                self.stalled
-                    .insert(to.id, (to.clone(), self.buf[n..].to_vec()));
-            }
-            Err(e) => log::debug!("answering a client: {e}"),
-        }
-    }
-
-    /// Pushes out stalled answers as far as the sockets take them.
-    fn flush_stalled(&mut self) {
-        self.stalled.retain(
-            |_, (conn, rest)| match send_nonblocking(&conn.stream, rest) {
-                Ok(n) => {
-                    rest.drain(..n);
-                    !rest.is_empty()
-                }
-                Err(e) => {
-                    log::debug!("answering a client: {e}");
-                    false
-                }
-            },
-        );
-    }
-}
-
-/// Writes as much of `buf` as the socket takes now; never blocks. Returns
-/// how many bytes went out (0 if the socket is full).
-fn send_nonblocking(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let total = buf.len();
-    while !buf.is_empty() {
-        // SAFETY: the pointer and length describe a live slice; the flags
-        // make this one call non-blocking and keep a closed peer from
-        // raising SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.kind() {
-                std::io::ErrorKind::WouldBlock => break,
-                std::io::ErrorKind::Interrupted => continue,
-                _ => return Err(err),
-            }
-        }
-        buf = &buf[n as usize..];
-    }
-    Ok(total - buf.len())
 }

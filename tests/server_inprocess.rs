@@ -314,9 +314,10 @@ fn requests_sent_ahead_on_one_connection_are_answered_in_order() {
     );
 }
 
-/// A client that floods a node with requests and never reads the answers
-/// does not stall the node for anybody else; the node closes that
-/// connection once too many answers wait for it.
+/// A client that sends requests and never reads the answers (each a 1 MiB
+/// value, far more than socket buffers hold) does not stall the node for
+/// anybody else. (That the node then drops such a client is tested on the
+/// answer writer itself, in `server::clients`.)
 #[test]
 fn a_client_that_never_reads_does_not_stall_the_node() {
     let c = Cluster::start(3);
@@ -326,11 +327,6 @@ fn a_client_that_never_reads_does_not_stall_the_node() {
         .put(b"big", &vec![b'v'; kvapp_c::kv::MAX_VALUE_BYTES])
         .unwrap();
     let mut flood = std::net::TcpStream::connect(c.node(leader).client_addr()).unwrap();
-    flood
-        .set_write_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    // Each answer carries a 1 MiB value; 64 of them overflow what the node
-    // keeps for one client.
     let get = Request::Read {
         query: Query::Get {
             key: b"big".to_vec(),
@@ -344,26 +340,8 @@ fn a_client_that_never_reads_does_not_stall_the_node() {
         client.put(key.as_bytes(), b"x").unwrap();
         assert_eq!(client.get(key.as_bytes()).unwrap(), Some(b"x".to_vec()));
     }
-    // The node gave up on the flooding connection: reading it ends (after
-    // what was already in flight) well before 64 answers arrived.
-    flood
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut received = 0usize;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        use std::io::{ErrorKind, Read};
-        match flood.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => received += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("the node neither answered nor closed the connection: {e}")
-            }
-            Err(_) => break, // reset by the node
-        }
-    }
-    assert!(
-        received < 64 * kvapp_c::kv::MAX_VALUE_BYTES,
-        "the node sent every answer ({received} bytes) instead of closing"
+    assert_eq!(
+        client.get(b"big").unwrap().map(|v| v.len()),
+        Some(kvapp_c::kv::MAX_VALUE_BYTES)
     );
 }

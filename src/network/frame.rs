@@ -46,6 +46,15 @@ pub fn read_frame<R: Read>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>> {
             Err(e) => return Err(Error::io("reading frame header", e)),
         }
     }
+    let len = body_len(&header, max)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .map_err(|e| Error::io("reading frame body", e))?;
+    Ok(Some(body))
+}
+
+/// Checks a frame header and returns the length of the body that follows.
+pub fn body_len(header: &[u8; HEADER_LEN], max: usize) -> Result<usize> {
     if header[..4] != MAGIC {
         return Err(Error::Protocol(format!(
             "bad frame magic {:02x?} (not a kvapp-c peer or client)",
@@ -64,10 +73,7 @@ pub fn read_frame<R: Read>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>> {
             "frame of {len} bytes exceeds the limit of {max} bytes"
         )));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)
-        .map_err(|e| Error::io("reading frame body", e))?;
-    Ok(Some(body))
+    Ok(len)
 }
 
 /// Encodes a value with postcard.

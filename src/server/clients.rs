@@ -1,0 +1,636 @@
+//! The client port: one I/O thread reads requests from every client
+//! connection, and the event loop writes the answers.
+//!
+//! The **reader** ([`ClientReader`]) waits on all client sockets at once
+//! with `epoll`, reads whatever arrived, cuts it into request frames and
+//! hands every request that completed in one wake-up to the event loop as a
+//! single input, so many clients cost the loop one wake-up rather than one
+//! each. The event loop answers through [`Replies`]: a non-blocking `send`
+//! straight to the client's socket.
+//!
+//! Flow control: a connection has at most one request in the loop. Frames a
+//! client sends ahead wait in the reader, which stops reading that socket
+//! until the answer is written (the loop then wakes the reader through an
+//! `eventfd`). Answers therefore keep request order, and a client that
+//! pipelines cannot queue unbounded work.
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+
+use super::Input;
+use crate::kv::protocol::{Request, Response};
+use crate::network::frame::{self, decode};
+use crate::{Error, Result};
+
+/// Largest request frame accepted on the client port.
+pub(super) const MAX_CLIENT_FRAME: usize =
+    crate::kv::MAX_KEY_BYTES * 2 + crate::kv::MAX_VALUE_BYTES + 1024;
+/// Most client connections served at once; further ones are closed at once.
+const MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// Most answer bytes kept for one client that does not read them; beyond it
+/// the connection is closed.
+const MAX_STALLED_BYTES: usize = 16 << 20;
+/// Bytes read from a socket per `read` call.
+const READ_CHUNK: usize = 64 << 10;
+
+/// epoll tokens below this one are reserved.
+const LISTENER_TOKEN: u64 = 0;
+const WAKE_TOKEN: u64 = 1;
+const FIRST_CONN_TOKEN: u64 = 2;
+
+/// Where the event loop sends a client's answer.
+pub(super) type Reply = Arc<ClientConn>;
+
+/// A client connection as the event loop sees it.
+pub(super) struct ClientConn {
+    /// The connection's epoll token; distinguishes connections.
+    id: u64,
+    /// The connection's socket (non-blocking); the loop writes answers to it.
+    stream: TcpStream,
+    /// Whether a request of this connection is in the loop, unanswered.
+    busy: AtomicBool,
+    /// Wakes the reader when an answer frees a connection it holds back.
+    waker: Arc<Waker>,
+}
+
+/// An `eventfd` the loop writes to wake the reader.
+pub(super) struct Waker {
+    fd: OwnedFd,
+    /// Set when the reader holds requests back for a busy connection.
+    wanted: AtomicBool,
+}
+
+impl Waker {
+    fn new() -> io::Result<Waker> {
+        // SAFETY: plain syscall; the returned descriptor is checked and owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Waker {
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            wanted: AtomicBool::new(false),
+        })
+    }
+
+    /// Wakes the reader (cheap to call repeatedly).
+    pub(super) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full
+        // counter (EAGAIN) means a wake-up is pending anyway.
+        unsafe {
+            libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+
+    fn drain(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe {
+            libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8);
+        }
+    }
+}
+
+/// The epoll instance of the reader.
+struct Poller {
+    fd: OwnedFd,
+}
+
+impl Poller {
+    fn new() -> io::Result<Poller> {
+        // SAFETY: plain syscall; the returned descriptor is checked and owned.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(Poller {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, readable: bool) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: if readable { libc::EPOLLIN as u32 } else { 0 },
+            u64: token,
+        };
+        // SAFETY: `event` is a live epoll_event; the kernel copies it.
+        if unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, true)
+    }
+
+    fn set_readable(&self, fd: RawFd, token: u64, readable: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, readable)
+    }
+
+    fn remove(&self, fd: RawFd) {
+        // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
+        unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+
+    /// Waits for events (forever if `timeout_ms` is -1); returns their tokens.
+    fn wait(&self, events: &mut Vec<libc::epoll_event>, timeout_ms: i32) -> io::Result<()> {
+        events.clear();
+        let capacity = events.capacity();
+        // SAFETY: the kernel writes at most `capacity` events into the
+        // vector's spare capacity; we then set the length to what it wrote.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.as_mut_ptr(),
+                capacity as libc::c_int,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(err)
+            };
+        }
+        // SAFETY: the kernel initialised the first `n` entries.
+        unsafe { events.set_len(n as usize) };
+        Ok(())
+    }
+}
+
+/// The reader's state for one connection.
+struct ReadSide {
+    conn: Arc<ClientConn>,
+    /// Bytes read and not yet cut into requests.
+    buf: Vec<u8>,
+    /// Whether the socket is registered for readability (false while the
+    /// connection holds a complete request back).
+    reading: bool,
+}
+
+/// Reads requests from every client connection; see the module docs.
+pub(super) struct ClientReader {
+    listener: TcpListener,
+    poller: Poller,
+    waker: Arc<Waker>,
+    conns: HashMap<u64, ReadSide>,
+    next_token: u64,
+    tx: Sender<Input>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl ClientReader {
+    /// Sets up the reader for `listener`. Returns it and a handle that wakes
+    /// it (used to stop it).
+    pub(super) fn new(
+        listener: TcpListener,
+        tx: Sender<Input>,
+        stopping: Arc<AtomicBool>,
+    ) -> Result<(ClientReader, Arc<Waker>)> {
+        let setup = |e| Error::io("setting up the client port", e);
+        listener.set_nonblocking(true).map_err(setup)?;
+        let poller = Poller::new().map_err(setup)?;
+        let waker = Arc::new(Waker::new().map_err(setup)?);
+        poller
+            .add(listener.as_raw_fd(), LISTENER_TOKEN)
+            .map_err(setup)?;
+        poller
+            .add(waker.fd.as_raw_fd(), WAKE_TOKEN)
+            .map_err(setup)?;
+        let reader = ClientReader {
+            listener,
+            poller,
+            waker: waker.clone(),
+            conns: HashMap::new(),
+            next_token: FIRST_CONN_TOKEN,
+            tx,
+            stopping,
+        };
+        Ok((reader, waker))
+    }
+
+    /// Runs until `stopping` is set (and the waker woken) or the event loop
+    /// is gone.
+    pub(super) fn run(mut self) {
+        let mut events = Vec::with_capacity(256);
+        let mut batch = Vec::new();
+        let mut chunk = vec![0u8; READ_CHUNK];
+        while !self.stopping.load(Ordering::SeqCst) {
+            if let Err(e) = self.poller.wait(&mut events, -1) {
+                log::error!("client port: waiting for sockets failed: {e}");
+                return;
+            }
+            for event in &events {
+                match event.u64 {
+                    LISTENER_TOKEN => self.accept(),
+                    WAKE_TOKEN => {
+                        self.waker.drain();
+                        self.waker.wanted.store(false, Ordering::SeqCst);
+                        self.resume_held(&mut batch);
+                    }
+                    token => self.read(token, &mut chunk, &mut batch),
+                }
+            }
+            if !batch.is_empty()
+                && self
+                    .tx
+                    .send(Input::Clients(std::mem::take(&mut batch)))
+                    .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // For example out of file descriptors: the listener
+                    // stays readable, so back off briefly instead of spinning.
+                    log::warn!("accepting a client connection: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    return;
+                }
+            };
+            if self.conns.len() >= MAX_CLIENT_CONNECTIONS {
+                log::warn!("too many client connections; closing a new one");
+                continue;
+            }
+            if let Err(e) = stream
+                .set_nonblocking(true)
+                .and_then(|()| stream.set_nodelay(true))
+            {
+                log::warn!("configuring a client connection: {e}");
+                continue;
+            }
+            let token = self.next_token;
+            self.next_token += 1;
+            if let Err(e) = self.poller.add(stream.as_raw_fd(), token) {
+                log::warn!("watching a client connection: {e}");
+                continue;
+            }
+            let conn = Arc::new(ClientConn {
+                id: token,
+                stream,
+                busy: AtomicBool::new(false),
+                waker: self.waker.clone(),
+            });
+            self.conns.insert(
+                token,
+                ReadSide {
+                    conn,
+                    buf: Vec::new(),
+                    reading: true,
+                },
+            );
+        }
+    }
+
+    /// Reads what the socket has and forwards the next request if the
+    /// connection is free.
+    fn read(&mut self, token: u64, chunk: &mut [u8], batch: &mut Vec<(Request, Reply)>) {
+        let Some(side) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let mut closed = false;
+        loop {
+            match (&side.conn.stream).read(chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    side.buf.extend_from_slice(&chunk[..n]);
+                    // Read on only while the socket may hold more and the
+                    // buffer stays small; epoll reports the rest later.
+                    if n < chunk.len() || side.buf.len() > MAX_CLIENT_FRAME {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("client connection {token}: {e}");
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let keep = self.forward(token, batch) && !closed;
+        if !keep {
+            self.close(token);
+        }
+    }
+
+    /// Forwards the first complete request of a connection if it has none
+    /// in the loop, and stops or resumes reading the socket accordingly.
+    /// Returns false if the connection must close (bad input).
+    fn forward(&mut self, token: u64, batch: &mut Vec<(Request, Reply)>) -> bool {
+        let Some(side) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        match next_frame(&side.buf) {
+            Err(e) => {
+                log::debug!("client connection {token} closed: {e}");
+                return false;
+            }
+            Ok(None) => {}
+            Ok(Some(end)) => {
+                if side.conn.busy.swap(true, Ordering::SeqCst) {
+                    // Held back until the loop answers the request in
+                    // flight; the answer wakes us through the waker.
+                    self.waker.wanted.store(true, Ordering::SeqCst);
+                    // The answer may have been written between the swap and
+                    // the store above; check again so no wake-up is lost.
+                    if side.conn.busy.load(Ordering::SeqCst) {
+                        return self.set_reading(token, false);
+                    }
+                    return self.forward(token, batch);
+                }
+                let request: Request = match decode(&side.buf[frame::HEADER_LEN..end]) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        log::debug!("client connection {token} closed: {e}");
+                        return false;
+                    }
+                };
+                side.buf.drain(..end);
+                batch.push((request, side.conn.clone()));
+                // A further complete request now waits for this one's answer.
+                return self.forward(token, batch);
+            }
+        }
+        self.set_reading(token, true)
+    }
+
+    /// Forwards requests that were held back for busy connections.
+    fn resume_held(&mut self, batch: &mut Vec<(Request, Reply)>) {
+        let held: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, side)| !side.reading)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in held {
+            if !self.forward(token, batch) {
+                self.close(token);
+            }
+        }
+    }
+
+    fn set_reading(&mut self, token: u64, reading: bool) -> bool {
+        let Some(side) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        if side.reading != reading {
+            if let Err(e) = self
+                .poller
+                .set_readable(side.conn.stream.as_raw_fd(), token, reading)
+            {
+                log::warn!("client connection {token}: {e}");
+                return false;
+            }
+            side.reading = reading;
+        }
+        true
+    }
+
+    fn close(&mut self, token: u64) {
+        if let Some(side) = self.conns.remove(&token) {
+            self.poller.remove(side.conn.stream.as_raw_fd());
+            // Later answers from the loop then fail at once.
+            let _ = side.conn.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// The end offset of the first complete frame in `buf`, if there is one.
+fn next_frame(buf: &[u8]) -> Result<Option<usize>> {
+    let Some(header) = buf.first_chunk::<{ frame::HEADER_LEN }>() else {
+        return Ok(None);
+    };
+    let end = frame::HEADER_LEN + frame::body_len(header, MAX_CLIENT_FRAME)?;
+    Ok((buf.len() >= end).then_some(end))
+}
+
+/// Writes answers to client sockets from the event loop without ever
+/// blocking it: a write that would block keeps the rest of its bytes, which
+/// go out on later loop iterations, before any later answer to that client.
+#[derive(Default)]
+pub(super) struct Replies {
+    /// Answer bytes that did not fit into the socket yet, by connection.
+    stalled: HashMap<u64, (Reply, Vec<u8>)>,
+    buf: Vec<u8>,
+}
+
+impl Replies {
+    /// Sends `response` to the client behind `to`.
+    pub(super) fn send(&mut self, to: &Reply, response: Response) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; frame::HEADER_LEN]);
+        frame::encode_into(&response, &mut self.buf);
+        let body_len = self.buf.len() - frame::HEADER_LEN;
+        let Ok(len) = u32::try_from(body_len) else {
+            log::warn!("dropping an answer of {body_len} bytes: too large for a frame");
+            let _ = to.stream.shutdown(Shutdown::Both);
+            return;
+        };
+        self.buf[..4].copy_from_slice(&frame::MAGIC);
+        self.buf[4] = frame::VERSION;
+        self.buf[5..frame::HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+        // The connection may hand over its next request now; its answer
+        // queues behind this one below, so order is kept.
+        to.busy.store(false, Ordering::SeqCst);
+        if to.waker.wanted.load(Ordering::SeqCst) {
+            to.waker.wake();
+        }
+        if let Some((_, rest)) = self.stalled.get_mut(&to.id) {
+            rest.extend_from_slice(&self.buf);
+            if rest.len() > MAX_STALLED_BYTES {
+                log::warn!("a client does not read its answers; closing its connection");
+                let _ = to.stream.shutdown(Shutdown::Both);
+                self.stalled.remove(&to.id);
+            }
+            return;
+        }
+        match send_nonblocking(&to.stream, &self.buf) {
+            Ok(n) if n == self.buf.len() => {}
+            Ok(n) => {
+                self.stalled
+                    .insert(to.id, (to.clone(), self.buf[n..].to_vec()));
+            }
+            Err(e) => log::debug!("answering a client: {e}"),
+        }
+    }
+
+    /// Pushes out stalled answers as far as the sockets take them.
+    pub(super) fn flush_stalled(&mut self) {
+        self.stalled.retain(
+            |_, (conn, rest)| match send_nonblocking(&conn.stream, rest) {
+                Ok(n) => {
+                    rest.drain(..n);
+                    !rest.is_empty()
+                }
+                Err(e) => {
+                    log::debug!("answering a client: {e}");
+                    false
+                }
+            },
+        );
+    }
+}
+
+/// Writes as much of `buf` as the socket takes now; never blocks. Returns
+/// how many bytes went out (0 if the socket is full).
+fn send_nonblocking(stream: &TcpStream, mut buf: &[u8]) -> io::Result<usize> {
+    let total = buf.len();
+    while !buf.is_empty() {
+        // SAFETY: the pointer and length describe a live slice; the flags
+        // make this one call non-blocking and keep a closed peer from
+        // raising SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                ErrorKind::WouldBlock => break,
+                ErrorKind::Interrupted => continue,
+                _ => return Err(err),
+            }
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(total - buf.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::protocol::Outcome;
+    use std::net::TcpListener;
+
+    fn connected_pair() -> (Reply, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let conn = Arc::new(ClientConn {
+            id: FIRST_CONN_TOKEN,
+            stream: server,
+            busy: AtomicBool::new(true),
+            waker: Arc::new(Waker::new().unwrap()),
+        });
+        (conn, client)
+    }
+
+    fn value_answer(len: usize) -> Response {
+        Response::Outcome(Outcome::Value(Some(vec![7; len])))
+    }
+
+    /// Answers that do not fit into the socket wait, leave in order once the
+    /// client reads, and arrive whole.
+    #[test]
+    fn stalled_answers_go_out_in_order() {
+        let (conn, mut client) = connected_pair();
+        let mut replies = Replies::default();
+        // Far more than the socket buffers take at once.
+        let sizes: Vec<usize> = (0..12).map(|i| (1 << 20) + i).collect();
+        for &len in &sizes {
+            replies.send(&conn, value_answer(len));
+        }
+        assert!(!replies.stalled.is_empty(), "nothing was held back");
+        assert!(!conn.busy.load(Ordering::SeqCst));
+        let reading = std::thread::spawn(move || {
+            let mut reader = io::BufReader::new(&mut client);
+            sizes
+                .iter()
+                .map(|_| {
+                    let body = frame::read_frame(&mut reader, frame::MAX_FRAME)
+                        .unwrap()
+                        .unwrap();
+                    frame::decode::<Response>(&body).unwrap()
+                })
+                .collect::<Vec<_>>()
+        });
+        while !replies.stalled.is_empty() {
+            replies.flush_stalled();
+            std::thread::yield_now();
+        }
+        let answers = reading.join().unwrap();
+        let expected: Vec<Response> = (0..12).map(|i| value_answer((1 << 20) + i)).collect();
+        assert_eq!(answers, expected);
+    }
+
+    /// A client that never reads is dropped once more than
+    /// `MAX_STALLED_BYTES` wait for it; what it then reads ends early.
+    #[test]
+    fn a_client_that_never_reads_is_dropped() {
+        let (conn, mut client) = connected_pair();
+        let mut replies = Replies::default();
+        let count = 100;
+        for _ in 0..count {
+            replies.send(&conn, value_answer(1 << 20));
+        }
+        assert!(replies.stalled.is_empty(), "the stalled answers were kept");
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        loop {
+            match client.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received += n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("reading the dropped connection: {e}"),
+            }
+        }
+        assert!(
+            received < count * (1 << 20),
+            "all {received} bytes arrived; the client was not dropped"
+        );
+    }
+
+    #[test]
+    fn frames_are_cut_from_a_byte_stream() {
+        let mut bytes = Vec::new();
+        frame::write_frame(&mut bytes, b"hello").unwrap();
+        assert_eq!(next_frame(&bytes[..3]).unwrap(), None);
+        assert_eq!(next_frame(&bytes[..bytes.len() - 1]).unwrap(), None);
+        assert_eq!(next_frame(&bytes).unwrap(), Some(bytes.len()));
+        let mut two = bytes.clone();
+        two.extend_from_slice(&bytes);
+        assert_eq!(next_frame(&two).unwrap(), Some(bytes.len()));
+        assert!(next_frame(b"GET / HTTP/1.1\r\n\r\n").is_err());
+        let mut huge = bytes.clone();
+        huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(next_frame(&huge).is_err());
+    }
+}
