@@ -164,8 +164,8 @@ struct Outcome {
     puts: Vec<PutRecord>,
 }
 
-/// When the phases of a run begin and end, fixed once every client has
-/// finished the preload.
+/// When the phases of a run begin and end, fixed once the preload is done
+/// and every client thread has started.
 struct Phases {
     measure_start: Instant,
     /// End of a timed run.
@@ -211,31 +211,36 @@ fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Re
         errors: AtomicU64::new(0),
         stop: interrupted.clone(),
     });
-    // Every client, plus this thread, meets here after the preload; then
-    // this thread fixes the phases, and all meet again.
-    let preloaded = Arc::new(Barrier::new(plan.clients + 1));
-    let started = Arc::new(Barrier::new(plan.clients + 1));
-    let seed = shared.epoch.elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id());
+    let mut puts = Vec::new();
+    if plan.workload.needs_preload() {
+        puts = preload(plan, addrs, &shared, seed);
+    }
 
+    // Every client, plus this thread, meets here once this thread has fixed
+    // the phases.
+    let started = Arc::new(Barrier::new(plan.clients + 1));
     let mut handles: Vec<JoinHandle<WorkerResult>> = Vec::with_capacity(plan.clients);
     for index in 0..plan.clients {
         let own_plan = plan.clone();
         let addrs = addrs.to_vec();
         let shared = shared.clone();
-        let (preloaded, started) = (preloaded.clone(), started.clone());
+        let started = started.clone();
         let handle = std::thread::Builder::new()
             .name(format!("bench-client-{index}"))
             .spawn(move || {
-                let mut w = Worker::new(index as u32, &own_plan, addrs, shared, seed);
-                w.preload();
-                preloaded.wait();
+                let w = Worker::new(index as u32, &own_plan, addrs, shared, seed);
                 started.wait();
                 w.run()
             });
         match handle {
             Ok(h) => handles.push(h),
             Err(e) => {
-                // The started threads wait at the barriers for ever; there is
+                // The started threads wait at the barrier for ever; there is
                 // no way to call them off, so give up on the whole process.
                 return Err(Error::io(
                     format!("starting client thread {index} of {}", plan.clients),
@@ -245,15 +250,6 @@ fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Re
         }
     }
 
-    if plan.workload.needs_preload() {
-        progress(&format!(
-            "bench: writing all {} keys once before the run",
-            plan.keys
-        ));
-        report_preload(plan, &shared, &preloaded);
-    } else {
-        preloaded.wait();
-    }
     let now = Instant::now();
     let measure_start = now + plan.warmup;
     let end = match plan.stop {
@@ -267,7 +263,6 @@ fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Re
     let mut hist = new_histogram();
     let (mut ops, mut errors) = (0, 0);
     let mut first_error = None;
-    let mut puts = Vec::new();
     let mut last_end = measure_start;
     for h in handles {
         let r = h
@@ -300,27 +295,56 @@ fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Re
     })
 }
 
-/// Prints preload progress until every client has written its share.
-fn report_preload(plan: &Plan, shared: &Shared, preloaded: &Barrier) {
-    let done = AtomicBool::new(false);
+/// Writers of the preload, whatever the number of clients, so that a run
+/// with few clients does not spend minutes writing the keys.
+const PRELOAD_WRITERS: u64 = 64;
+/// The preload writers tag their values as clients from this id up, above
+/// any run client's ([`super::MAX_CLIENTS`]).
+const PRELOAD_TAG_BASE: u32 = 900_000;
+
+/// Writes every key once, with up to [`PRELOAD_WRITERS`] threads, printing
+/// progress once a second. Returns the puts (for `--verify`).
+fn preload(plan: &Plan, addrs: &[SocketAddr], shared: &Arc<Shared>, seed: u64) -> Vec<PutRecord> {
+    progress(&format!(
+        "bench: writing all {} keys once before the run",
+        plan.keys
+    ));
+    let writers = PRELOAD_WRITERS.min(plan.keys);
     std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut next = Instant::now() + Duration::from_secs(1);
-            while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-                if Instant::now() >= next {
-                    next += Duration::from_secs(1);
-                    progress(&format!(
-                        "bench: preload {}/{} keys",
-                        shared.preloaded.load(Ordering::Relaxed),
-                        plan.keys
-                    ));
-                }
+        let handles: Vec<_> = (0..writers)
+            .map(|j| {
+                s.spawn(move || {
+                    let index = PRELOAD_TAG_BASE + j as u32;
+                    let mut w = Worker::new(index, plan, addrs.to_vec(), shared.clone(), seed);
+                    let mut key = j;
+                    while key < plan.keys && !w.shared.stop.load(Ordering::Relaxed) {
+                        // A failed preload write only means a later read
+                        // finds nothing; the run goes on.
+                        let _ = w.put(key);
+                        w.shared.preloaded.fetch_add(1, Ordering::Relaxed);
+                        key += writers;
+                    }
+                    w.puts
+                })
+            })
+            .collect();
+        let mut next = Instant::now() + Duration::from_secs(1);
+        while !handles.iter().all(|h| h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            if Instant::now() >= next {
+                next += Duration::from_secs(1);
+                progress(&format!(
+                    "bench: preload {}/{} keys",
+                    shared.preloaded.load(Ordering::Relaxed),
+                    plan.keys
+                ));
             }
-        });
-        preloaded.wait();
-        done.store(true, Ordering::SeqCst);
-    });
+        }
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 /// Prints one progress line a second until every client thread has ended.
@@ -424,23 +448,6 @@ impl Worker {
             });
         }
         result.err()
-    }
-
-    /// Writes this client's share of the keys (every `clients`-th one), if
-    /// the workload reads them.
-    fn preload(&mut self) {
-        if !self.plan.workload.needs_preload() {
-            return;
-        }
-        let step = self.plan.clients as u64;
-        let mut key = u64::from(self.index);
-        while key < self.plan.keys && !self.shared.stop.load(Ordering::Relaxed) {
-            // A failed preload write only means a later read finds nothing;
-            // the run goes on.
-            let _ = self.put(key);
-            self.shared.preloaded.fetch_add(1, Ordering::Relaxed);
-            key += step;
-        }
     }
 
     fn run(mut self) -> WorkerResult {
