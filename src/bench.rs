@@ -267,6 +267,9 @@ pub fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
 /// Runs the benchmark and prints its report to standard output (progress to
 /// standard error). Fails if the cluster cannot be reached or `--verify`
 /// finds a lost write.
+///
+/// Installs a Ctrl-C handler (if the process has none yet) that ends the run
+/// early, still reporting what was measured and stopping a `--local` cluster.
 pub fn main(args: BenchArgs) -> Result<()> {
     let plan = Plan::from_args(&args)?;
     run::run(&plan)
