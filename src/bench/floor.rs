@@ -1,0 +1,151 @@
+//! The floor of the machine: how long the two things every replicated write
+//! waits for take here, measured directly, without kvapp-c in the way.
+//!
+//! - A small append to a file followed by `fdatasync`, in a directory on the
+//!   disk that holds (or will hold) the data directories.
+//! - A small message's round trip over loopback TCP with `TCP_NODELAY`,
+//!   answered by another thread.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::report::{Floor, Percentiles, new_histogram, record};
+use crate::{Error, Result};
+
+/// Bytes appended per sync, about one small log record.
+const APPEND_BYTES: usize = 300;
+/// Bytes per round trip message.
+const MESSAGE_BYTES: usize = 64;
+
+/// How many samples of each to take at most, and how long to spend on each.
+#[derive(Debug, Clone, Copy)]
+pub struct FloorBudget {
+    /// Most samples per measurement.
+    pub samples: usize,
+    /// Most time per measurement (at least a few samples are always taken).
+    pub time: Duration,
+}
+
+impl Default for FloorBudget {
+    fn default() -> Self {
+        FloorBudget {
+            samples: 2_000,
+            time: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Measures both and returns them together.
+pub fn measure(sync_dir: &Path, budget: FloorBudget) -> Result<Floor> {
+    Ok(Floor {
+        sync_dir: sync_dir.to_path_buf(),
+        fdatasync: measure_fdatasync(sync_dir, budget)?,
+        loopback_rtt: measure_loopback_rtt(budget)?,
+    })
+}
+
+/// Appends [`APPEND_BYTES`] to a fresh file in `dir` and `fdatasync`s it,
+/// over and over, timing each append plus sync. The file is removed after.
+pub fn measure_fdatasync(dir: &Path, budget: FloorBudget) -> Result<Percentiles> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let path = dir.join(format!(
+        ".kvapp-bench-floor-{}-{nanos}.tmp",
+        std::process::id()
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let result = (|| {
+        let record_bytes = [0x5au8; APPEND_BYTES];
+        let mut hist = new_histogram();
+        let start = Instant::now();
+        // The first sync also pays for creating the file; not counted.
+        for i in 0..=budget.samples {
+            let t = Instant::now();
+            file.write_all(&record_bytes)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| {
+                    Error::io(format!("appending to and syncing {}", path.display()), e)
+                })?;
+            if i > 0 {
+                record(&mut hist, t.elapsed());
+            }
+            if i >= 10 && start.elapsed() >= budget.time {
+                break;
+            }
+        }
+        Ok(Percentiles::of(&hist))
+    })();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// Sends [`MESSAGE_BYTES`] over loopback TCP to a thread that echoes them,
+/// timing each round trip.
+pub fn measure_loopback_rtt(budget: FloorBudget) -> Result<Percentiles> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::io("binding a loopback port for the round-trip test", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the round-trip test's port", e))?;
+    let echo = std::thread::Builder::new()
+        .name("bench-echo".into())
+        .spawn(move || -> std::io::Result<()> {
+            let (mut stream, _) = listener.accept()?;
+            stream.set_nodelay(true)?;
+            let mut buf = [0u8; MESSAGE_BYTES];
+            loop {
+                match stream.read_exact(&mut buf) {
+                    Ok(()) => stream.write_all(&buf)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the round-trip test's echo thread", e))?;
+    let io = |e| Error::io("round trip over loopback TCP", e);
+    let mut stream = TcpStream::connect(addr).map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    let mut hist = new_histogram();
+    let msg = [0xa5u8; MESSAGE_BYTES];
+    let mut buf = [0u8; MESSAGE_BYTES];
+    let start = Instant::now();
+    // The first rounds warm the connection and the threads up; not counted.
+    let warmup = 50;
+    let mut result = Ok(());
+    for i in 0..budget.samples + warmup {
+        let t = Instant::now();
+        if let Err(e) = stream
+            .write_all(&msg)
+            .and_then(|()| stream.read_exact(&mut buf))
+        {
+            result = Err(io(e));
+            break;
+        }
+        if i >= warmup {
+            record(&mut hist, t.elapsed());
+            if i >= warmup + 10 && start.elapsed() >= budget.time {
+                break;
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    drop(stream);
+    let echoed = echo
+        .join()
+        .map_err(|_| Error::Failed("the round-trip test's echo thread panicked".into()))?;
+    result?;
+    echoed.map_err(|e| Error::io("echoing over loopback TCP", e))?;
+    Ok(Percentiles::of(&hist))
+}
