@@ -1,0 +1,81 @@
+//! `kvapp-c bench` run as a user runs it: the real binary against a local
+//! cluster it starts itself, and its flag checking. No speed is asserted.
+
+/// A short run of the real binary
+/// against a local cluster it starts itself, checking the report's shape,
+/// the read-back and the clean-up (no speed is asserted).
+#[test]
+fn a_short_local_run_reports_verifies_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvapp-c"))
+        .args([
+            "bench",
+            "--local",
+            "--workload",
+            "mixed",
+            "--clients",
+            "4",
+            "--requests",
+            "200",
+            "--warmup",
+            "0",
+            "--keys",
+            "50",
+            "--verify",
+            "--json",
+        ])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let last = stdout.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("{\"workload\":\"mixed\",\"clients\":4,\"ops\":"),
+        "{last}"
+    );
+    for key in [
+        "\"ops_per_s\":",
+        "\"p50_us\":",
+        "\"p90_us\":",
+        "\"p99_us\":",
+        "\"p999_us\":",
+        "\"max_us\":",
+        "\"errors\":",
+    ] {
+        assert!(last.contains(key), "{key} missing from {last}");
+    }
+    assert!(last.contains("\"verified_keys\":50,\"lost\":0,"), "{last}");
+    assert!(last.ends_with('}'));
+    // Every measured request either succeeded or counted as an error.
+    let field = |name: &str| -> u64 {
+        let start = last.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+        last[start..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(field("ops") + field("errors"), 200, "{last}");
+    assert!(stdout.contains("verify: all 50 key(s) hold"), "{stdout}");
+    // The cluster's data directory is gone.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn the_binary_rejects_bad_flags_with_a_message() {
+    let run = |flags: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvapp-c"))
+            .arg("bench")
+            .args(flags)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--clients", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--clients"));
+    let out = run(&["--duration", "1", "--requests", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+}
