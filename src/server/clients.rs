@@ -27,9 +27,10 @@ use crate::kv::protocol::{Request, Response};
 use crate::network::frame::{self, decode};
 use crate::{Error, Result};
 
-/// Largest request frame accepted on the client port.
+/// Largest request frame accepted on the client port: room for a cas whose
+/// key and two values are all at their limits.
 pub(super) const MAX_CLIENT_FRAME: usize =
-    crate::kv::MAX_KEY_BYTES * 2 + crate::kv::MAX_VALUE_BYTES + 1024;
+    crate::kv::MAX_KEY_BYTES * 2 + crate::kv::MAX_VALUE_BYTES * 2 + 1024;
 /// Most client connections served at once; further ones are closed at once.
 const MAX_CLIENT_CONNECTIONS: usize = 4096;
 /// Most answer bytes kept for one client that does not read them; beyond it
