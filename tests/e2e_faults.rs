@@ -208,60 +208,65 @@ fn a_paused_leader_serves_no_stale_read_and_rejoins_as_follower() {
     let mut cluster = Cluster::start(3);
     cluster.wait_leader();
     let mut writer = cluster.client(PATIENT);
-    put(&mut writer, "k", "old");
-    let leader = cluster.wait_leader();
-
-    // Readers whose next request goes to the current leader and waits for
-    // it however long it is paused.
-    let mut readers: Vec<Client> = (0..3)
-        .map(|_| {
-            let mut c = cluster.client(PATIENT);
-            c.set_attempt_timeout(PATIENT);
-            assert_eq!(get(&mut c, "k").as_deref(), Some("old"));
-            c
-        })
-        .collect();
-    for r in &readers {
-        assert_eq!(r.leader_hint(), Some(leader));
-    }
-
-    cluster.pause(leader);
-    // The others elect a new leader, which accepts a write. The writer gives
-    // up on the paused node quickly.
+    // The writer gives up on a paused node quickly.
     writer.set_attempt_timeout(Duration::from_millis(300));
-    put(&mut writer, "k", "new");
-    let new_leader = writer.leader_hint().expect("a leader");
-    assert_ne!(new_leader, leader);
+    put(&mut writer, "k", "v0");
+    // Whether the old leader sees its new term or a reader's request first
+    // after SIGCONT is a race, so several rounds with several readers each.
+    for round in 1..=5 {
+        let old = format!("v{}", round - 1);
+        let new = format!("v{round}");
+        let leader = cluster.wait_leader();
 
-    // Reads that begin now, after the write completed, go to the paused
-    // node first and sit in its socket until it runs again.
-    let handles: Vec<_> = readers
-        .drain(..)
-        .map(|mut c| thread::spawn(move || c.get(b"k").map(|v| v.map(String::from_utf8))))
-        .collect();
-    thread::sleep(Duration::from_millis(300));
-    cluster.resume(leader);
-    for h in handles {
-        let got = h.join().expect("reader thread");
-        match got {
-            Ok(Some(Ok(v))) => assert_eq!(v, "new", "a read returned a stale value"),
-            other => panic!("read after the write: {other:?}"),
+        // Readers whose next request goes to the current leader and waits
+        // for it however long it is paused.
+        let readers: Vec<Client> = (0..8)
+            .map(|_| {
+                let mut c = cluster.client(PATIENT);
+                c.set_attempt_timeout(PATIENT);
+                assert_eq!(get(&mut c, "k"), Some(old.clone()));
+                assert_eq!(c.leader_hint(), Some(leader));
+                c
+            })
+            .collect();
+
+        cluster.pause(leader);
+        // The others elect a new leader, which accepts a write.
+        put(&mut writer, "k", &new);
+        let new_leader = writer.leader_hint().expect("a leader");
+        assert_ne!(new_leader, leader);
+
+        // Reads that begin now, after the write completed, go to the paused
+        // node first and sit in its socket until it runs again.
+        let handles: Vec<_> = readers
+            .into_iter()
+            .map(|mut c| thread::spawn(move || c.get(b"k").map(|v| v.map(String::from_utf8))))
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+        cluster.resume(leader);
+        for h in handles {
+            match h.join().expect("reader thread") {
+                Ok(Some(Ok(v))) => assert_eq!(
+                    v, new,
+                    "round {round}: a read that began after the write of {new} returned {v}"
+                ),
+                other => panic!("round {round}: read after the write: {other:?}"),
+            }
         }
-    }
 
-    // The old leader learns the new term and follows.
-    let ids = cluster.ids();
-    wait_for("the old leader to follow", RECOVERY_DEADLINE, || {
-        let statuses = cluster.statuses(&ids);
-        let old = statuses[leader as usize - 1].1.clone()?;
-        let top = statuses
-            .iter()
-            .filter_map(|(_, s)| s.as_ref().map(|s| s.term))
-            .max()?;
-        (old.role == "follower" && old.term == top).then_some(())
-    });
-    put(&mut writer, "k", "newer");
-    wait_caught_up(&cluster);
+        // The old leader learns the new term and follows.
+        let ids = cluster.ids();
+        wait_for("the old leader to follow", RECOVERY_DEADLINE, || {
+            let statuses = cluster.statuses(&ids);
+            let old = statuses[leader as usize - 1].1.clone()?;
+            let top = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().map(|s| s.term))
+                .max()?;
+            (old.role == "follower" && old.term == top).then_some(())
+        });
+        wait_caught_up(&cluster);
+    }
     cluster.assert_all_alive();
 }
 
