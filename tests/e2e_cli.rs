@@ -4,9 +4,10 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{CLI_DEADLINE, Cluster, run};
+use common::{BIN, CLI_DEADLINE, ChildGuard, Cluster, run, signal, wait_exit, wait_for};
 
 /// Runs a one-shot command and checks its exact output and exit status.
 #[track_caller]
@@ -47,6 +48,9 @@ fn every_command_prints_what_the_contract_says() {
     expect(&cluster, &["delete", "words"], &["OK"], 0);
     expect(&cluster, &["get", "words"], &["(nil)"], 0);
     expect(&cluster, &["delete", "never-there"], &["OK"], 0);
+    expect(&cluster, &["put", "ключ", "значение ✓"], &["OK"], 0);
+    expect(&cluster, &["get", "ключ"], &["значение ✓"], 0);
+    expect(&cluster, &["delete", "ключ"], &["OK"], 0);
 
     // cas: success, mismatch (with the current value), and (nil).
     expect(&cluster, &["cas", "k", "v1", "v2"], &["OK"], 0);
@@ -183,6 +187,9 @@ fn a_piped_script_prints_one_line_per_command_in_order() {
             "key008", "key009",
         ],
     );
+    // Carriage returns from a file written elsewhere are not part of a value.
+    line("put crlf windows line\r".into(), &["OK"]);
+    line("get crlf".into(), &["windows line"]);
     line("quit".into(), &[]);
     // Nothing after quit runs.
     line("put after-quit x".into(), &[]);
@@ -335,4 +342,38 @@ fn server_startup_errors_are_clear() {
         assert!(out.stderr.contains(needle), "{args:?}: {out:?}");
         assert!(!out.stderr.contains("panicked"), "{args:?}: {out:?}");
     }
+}
+
+#[test]
+fn the_seed_spellings_without_a_subcommand_still_work() {
+    let base = common::free_ports(1);
+    let addr = format!("127.0.0.1:{base}");
+    let dir = tempfile::tempdir().unwrap();
+    // `kvapp-c --node-id 1 --bind ... --cluster ...` runs a server.
+    let mut server = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["--node-id", "1", "--bind", &addr, "--cluster", &addr])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    // `kvapp-c --cluster ...` is the client; piped, it prints only results.
+    let out = wait_for(
+        "the legacy server to serve",
+        common::RECOVERY_DEADLINE,
+        || {
+            let out = run(
+                &["--cluster", &addr, "--timeout", "1000"],
+                Some("put k legacy\nget k\n"),
+                CLI_DEADLINE,
+            );
+            (out.code == Some(0) && out.lines().first() == Some(&"OK")).then_some(out)
+        },
+    );
+    assert_eq!(out.lines(), vec!["OK", "legacy"], "{out:?}");
+    signal(server.pid(), libc::SIGTERM);
+    let status = wait_exit(&mut server.child, Duration::from_secs(30)).expect("server stops");
+    assert!(status.success(), "{status}");
 }

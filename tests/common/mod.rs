@@ -42,6 +42,12 @@ fn can_bind(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
+/// Whether the Raft ports `base .. base + count` and their client ports
+/// can all be bound right now.
+pub fn can_bind_all(base: u16, count: u16) -> bool {
+    (0..count).all(|i| can_bind(base + i) && can_bind(base + i + 1000))
+}
+
 /// A base port `p` such that `p .. p + count` and the client ports
 /// `p + 1000 .. p + 1000 + count` are all free right now (and not handed out
 /// before by this process). Another program may still take one before the
@@ -144,7 +150,10 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if self.group {
+        // Kill the group while it still exists: before the leader is reaped,
+        // or while other members live on, its id cannot have been reused.
+        let unreaped = matches!(self.child.try_wait(), Ok(None));
+        if self.group && (unreaped || !group_members(self.child.id()).is_empty()) {
             // SAFETY: the group was created for this child, so it holds only
             // processes this test started (the child and its descendants).
             unsafe {
@@ -154,6 +163,52 @@ impl Drop for ChildGuard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The fields of `/proc/PID/stat` after the command name: state, ppid,
+/// pgrp, ...
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// Live (not zombie) processes matching `pred(ppid, pgrp)`.
+fn processes_where(pred: impl Fn(u32, u32) -> bool) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|f| {
+                f.len() > 2
+                    && f[0] != "Z"
+                    && pred(f[1].parse().unwrap_or(0), f[2].parse().unwrap_or(0))
+            })
+        })
+        .collect()
+}
+
+/// Live processes of the process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    processes_where(|_, pgrp| pgrp == pgid)
+}
+
+/// Live children of `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    processes_where(|ppid, _| ppid == pid)
+}
+
+/// The command line of `pid`, arguments separated by spaces.
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 /// What a finished process printed and how it ended.
