@@ -21,8 +21,9 @@ use common::linearizability::{CheckError, KvInput, KvOutput, Operation, Register
 
 const KEYS: [&str; 3] = ["x", "y", "z"];
 const CLIENTS: usize = 5;
-/// How long the clients run while the nemesis works.
-const RUN: Duration = Duration::from_secs(15);
+/// How long the clients run while the nemesis works, in seconds; the
+/// environment variable `KVAPP_E2E_RUN_SECS` sets a longer soak.
+const RUN_SECS: u64 = 15;
 /// Each request's timeout: short enough that some requests end unknown
 /// during faults, long enough that most ride out a failover.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -197,7 +198,11 @@ fn concurrent_clients_see_a_linearizable_store_while_nodes_die_and_pause() {
     // The nemesis: one fault at a time, so a majority is usually there.
     let mut rng = Rng(0xdead_beef_cafe_f00d);
     let mut faults: Vec<String> = Vec::new();
-    let end = Instant::now() + RUN;
+    let run = std::env::var("KVAPP_E2E_RUN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(RUN_SECS);
+    let end = Instant::now() + Duration::from_secs(run);
     let mut step = 0;
     thread::sleep(Duration::from_millis(500));
     while Instant::now() < end {

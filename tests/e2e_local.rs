@@ -209,3 +209,46 @@ fn local_with_piped_input_runs_the_script_then_stops_the_nodes() {
         group_members(pid).is_empty().then_some(())
     });
 }
+
+#[test]
+fn a_second_local_on_the_same_data_fails_cleanly_and_leaves_the_first_running() {
+    let base = common::free_ports(NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cluster");
+    let first_logs = dir.path().join("first");
+    let second_logs = dir.path().join("second");
+    std::fs::create_dir_all(&first_logs).unwrap();
+    std::fs::create_dir_all(&second_logs).unwrap();
+    let mut first = start_local(base, &data, &first_logs, &["--no-repl"], false);
+    wait_ready(&mut first, &first_logs);
+
+    // Other ports, same data directories: its nodes cannot lock them.
+    let other = common::free_ports(NODES);
+    let mut second = start_local(other, &data, &second_logs, &["--no-repl"], false);
+    let pid = second.pid();
+    let status = wait_exit(&mut second.child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the second local did not give up"));
+    let err = read(&second_logs, "local.err");
+    assert!(!status.success(), "{status}: {err}");
+    assert!(err.contains("exited at startup"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    wait_for(
+        "the second local's nodes to be gone",
+        RECOVERY_DEADLINE,
+        || group_members(pid).is_empty().then_some(()),
+    );
+    // The node logs (in the shared data directory) say why.
+    let node_log = std::fs::read_to_string(data.join("node-1.log")).unwrap_or_default();
+    assert!(node_log.contains("in use"), "{node_log}");
+
+    // The first cluster is unharmed.
+    assert_eq!(server_children(&first).len(), NODES as usize);
+    let cluster = list(base);
+    let put = run(
+        &["client", "--cluster", &cluster, "put", "still", "here"],
+        None,
+        CLI_DEADLINE,
+    );
+    assert_eq!((put.lines(), put.code), (vec!["OK"], Some(0)), "{put:?}");
+    stop_local(first, libc::SIGTERM, base, &first_logs);
+}
