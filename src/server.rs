@@ -37,8 +37,9 @@ use crate::storage::{KvStorage, LogStorage, StateStorage};
 use crate::timing::TimingConfig;
 use crate::{Error, LogIndex, NodeId, Result, Term, kv};
 
-/// Largest request frame accepted on the client port.
-const MAX_CLIENT_FRAME: usize = kv::MAX_KEY_BYTES * 2 + kv::MAX_VALUE_BYTES + 1024;
+/// Largest request frame accepted on the client port: room for a cas whose
+/// key and two values are all at their limits.
+const MAX_CLIENT_FRAME: usize = kv::MAX_KEY_BYTES * 2 + kv::MAX_VALUE_BYTES * 2 + 1024;
 /// Most client connections served at once; further ones are closed at once.
 const MAX_CLIENT_CONNECTIONS: usize = 4096;
 /// The state machine is flushed to its storage after this many applied
