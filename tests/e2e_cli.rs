@@ -377,3 +377,39 @@ fn the_seed_spellings_without_a_subcommand_still_work() {
     let status = wait_exit(&mut server.child, Duration::from_secs(30)).expect("server stops");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn values_up_to_the_size_limit_go_through_and_larger_ones_are_refused() {
+    let cluster = Cluster::start(3);
+    cluster.wait_leader();
+    let max = kvapp_c::kv::MAX_VALUE_BYTES;
+    let big_a = "a".repeat(max);
+    let big_b = "b".repeat(max);
+    let key = "k".repeat(kvapp_c::kv::MAX_KEY_BYTES);
+    // A piped script: command-line arguments could not hold these.
+    let script = format!(
+        "put {key} {big_a}\nget {key}\ncas {key} {big_a} {big_b}\nget {key}\n\
+         cas {key} {big_a} x\nput k2 {big_a}b\nget k2\nput {key}k v\n"
+    );
+    let out = cluster.cli(&["--timeout", "20000"], Some(&script));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines = out.lines();
+    assert_eq!(
+        lines.len(),
+        8,
+        "{:?}",
+        lines
+            .iter()
+            .map(|l| &l[..l.len().min(80)])
+            .collect::<Vec<_>>()
+    );
+    let short = |l: &str| l[..l.len().min(80)].to_string();
+    assert_eq!(lines[0], "OK");
+    assert!(lines[1] == big_a, "get returned {}", short(lines[1]));
+    assert_eq!(short(lines[2]), "OK", "a cas with two values at the limit");
+    assert!(lines[3] == big_b, "get returned {}", short(lines[3]));
+    assert!(lines[4] == format!("FAILED {big_b}"), "{}", short(lines[4]));
+    assert!(lines[5].starts_with("ERROR usage: "), "{}", short(lines[5]));
+    assert_eq!(lines[6], "(nil)");
+    assert!(lines[7].starts_with("ERROR usage: "), "{}", short(lines[7]));
+}
