@@ -245,6 +245,15 @@ fn a_minority_cannot_write_and_a_returning_majority_serves_again() {
         "{out:?}"
     );
     let definitely_not_applied = lines[0].starts_with("ERROR failed: ");
+    // status still reports every node; the dead ones as unreachable.
+    let status = cluster.cli(&["status"], None);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    for (i, line) in status.lines().iter().enumerate() {
+        let id = i as u64 + 1;
+        let unreachable = format!("{id} {} unreachable", cluster.raft_addr(id));
+        assert_eq!(*line == unreachable, followers.contains(&id), "{status:?}");
+    }
+    assert_eq!(status.lines().len(), 3, "{status:?}");
     let read = cluster.cli(&["--timeout", "2000", "get", "base"], None);
     assert_eq!(read.code, Some(1), "{read:?}");
     assert!(read.lines()[0].starts_with("ERROR failed: "), "{read:?}");
