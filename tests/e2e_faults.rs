@@ -71,11 +71,14 @@ fn killing_the_leader_fails_over_and_keeps_acknowledged_writes() {
     }
     let mut failovers = Vec::new();
     for round in 0..3 {
-        let leader = cluster.wait_leader();
-        // Point the client at this leader.
-        put(&mut client, "warm", &round.to_string());
+        // Point the client at the leader (a loaded machine may hold a
+        // spurious election in between, hence the loop).
+        let leader = wait_for("the client to know the leader", RECOVERY_DEADLINE, || {
+            let leader = cluster.wait_leader();
+            put(&mut client, "warm", &round.to_string());
+            (client.leader_hint() == Some(leader)).then_some(leader)
+        });
         expected.insert("warm".into(), Some(round.to_string()));
-        assert_eq!(client.leader_hint(), Some(leader));
 
         let killed_at = Instant::now();
         cluster.kill(leader);
@@ -294,19 +297,25 @@ fn a_paused_leader_serves_no_stale_read_and_rejoins_as_follower() {
     for round in 1..=5 {
         let old = format!("v{}", round - 1);
         let new = format!("v{round}");
-        let leader = cluster.wait_leader();
 
         // Readers whose next request goes to the current leader and waits
-        // for it however long it is paused.
-        let readers: Vec<Client> = (0..8)
-            .map(|_| {
-                let mut c = cluster.client(PATIENT);
-                c.set_attempt_timeout(PATIENT);
-                assert_eq!(get(&mut c, "k"), Some(old.clone()));
-                assert_eq!(c.leader_hint(), Some(leader));
-                c
-            })
-            .collect();
+        // for it however long it is paused (retried if a spurious election
+        // moves the leader meanwhile).
+        let (leader, readers) = wait_for("readers aimed at the leader", RECOVERY_DEADLINE, || {
+            let leader = cluster.wait_leader();
+            let readers: Vec<Client> = (0..8)
+                .map(|_| {
+                    let mut c = cluster.client(PATIENT);
+                    c.set_attempt_timeout(PATIENT);
+                    assert_eq!(get(&mut c, "k"), Some(old.clone()));
+                    c
+                })
+                .collect();
+            readers
+                .iter()
+                .all(|c| c.leader_hint() == Some(leader))
+                .then_some((leader, readers))
+        });
 
         cluster.pause(leader);
         // The others elect a new leader, which accepts a write.
