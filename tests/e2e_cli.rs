@@ -342,6 +342,28 @@ fn server_startup_errors_are_clear() {
         assert!(out.stderr.contains(needle), "{args:?}: {out:?}");
         assert!(!out.stderr.contains("panicked"), "{args:?}: {out:?}");
     }
+    // A port held by another program: the node says which one.
+    for taken in [base, base + 1000] {
+        let _holder = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+        let args = [
+            "server",
+            "--node-id",
+            "1",
+            "--bind",
+            &a,
+            "--cluster",
+            &list,
+            "--data-dir",
+            data,
+        ];
+        let out = run(&args, None, Duration::from_secs(30));
+        assert!(out.code.is_some_and(|c| c != 0), "port {taken}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!("127.0.0.1:{taken}")),
+            "port {taken}: {out:?}"
+        );
+        assert!(!out.stderr.contains("panicked"), "{out:?}");
+    }
 }
 
 #[test]

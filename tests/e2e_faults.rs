@@ -357,6 +357,40 @@ fn a_paused_leader_serves_no_stale_read_and_rejoins_as_follower() {
     cluster.assert_all_alive();
 }
 
+#[test]
+fn a_paused_follower_does_not_stall_the_leader_and_catches_up() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader();
+    let follower = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
+    let mut client = cluster.client(PATIENT);
+    put(&mut client, "start", "1");
+    cluster.pause(follower);
+    // Far more than socket buffers hold: 24 MiB of values while the
+    // follower cannot read anything.
+    let value = "x".repeat(96 * 1024);
+    for i in 0..256 {
+        put(
+            &mut client,
+            &format!("big{}", i % 64),
+            &format!("{i}{value}"),
+        );
+    }
+    cluster.resume(follower);
+    put(&mut client, "end", "1");
+    wait_caught_up(&cluster);
+    // With the old leader gone, the resumed follower and the third node
+    // must have everything.
+    let leader = cluster.wait_leader();
+    cluster.kill(leader);
+    for i in 192..256 {
+        let got = get(&mut client, &format!("big{}", i % 64)).expect("present");
+        assert!(got.starts_with(&i.to_string()) && got.ends_with(&value));
+    }
+    assert_eq!(get(&mut client, "end").as_deref(), Some("1"));
+    cluster.restart(leader);
+    cluster.assert_all_alive();
+}
+
 /// A deterministic stream of junk bytes.
 fn junk(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
