@@ -252,3 +252,20 @@ fn a_second_local_on_the_same_data_fails_cleanly_and_leaves_the_first_running() 
     assert_eq!((put.lines(), put.code), (vec!["OK"], Some(0)), "{put:?}");
     stop_local(first, libc::SIGTERM, base, &first_logs);
 }
+
+#[test]
+fn local_in_shell_mode_stops_its_nodes_on_sigterm_and_sigint() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let base = common::free_ports(NODES);
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("cluster");
+        // The shell reads from a pipe that stays open: only the signal can
+        // end it.
+        let mut local = start_local(base, &data, dir.path(), &[], true);
+        let stdin = local.child.stdin.take().expect("piped stdin");
+        wait_ready(&mut local, dir.path());
+        assert_eq!(server_children(&local).len(), NODES as usize);
+        stop_local(local, sig, base, dir.path());
+        drop(stdin);
+    }
+}
