@@ -438,30 +438,11 @@ fn values_up_to_the_size_limit_go_through_and_larger_ones_are_refused() {
 
 #[test]
 fn on_a_terminal_the_client_shows_a_banner_and_a_prompt() {
-    use std::fs::File;
-    use std::io::{Read, Write};
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::io::Write;
 
     let cluster = Cluster::start(1);
     cluster.wait_leader();
-    let (mut master, slave) = {
-        let mut m: libc::c_int = -1;
-        let mut s: libc::c_int = -1;
-        // SAFETY: openpty writes two new descriptors into m and s; the name,
-        // termios and window size arguments may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut m,
-                &mut s,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: both descriptors were just opened and are owned here only.
-        unsafe { (File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
-    };
+    let (mut master, slave) = common::open_pty();
     let mut cmd = Command::new(BIN);
     cmd.args(["client", "--cluster", &cluster.list()])
         // A plain terminal: prompt and line input, no escape sequences.
@@ -471,26 +452,14 @@ fn on_a_terminal_the_client_shows_a_banner_and_a_prompt() {
         .stderr(Stdio::from(slave));
     let mut client = ChildGuard::spawn(&mut cmd);
     drop(cmd);
-    let mut reader = master.try_clone().unwrap();
-    let output = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Ends with EIO once the client has exited and closed the terminal.
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&all).into_owned()
-    });
+    let output = common::read_pty(master.try_clone().unwrap());
     master
         .write_all(b"put tty on a terminal\nget tty\nquit\n")
         .unwrap();
     let status = wait_exit(&mut client.child, CLI_DEADLINE).expect("the client leaves on quit");
     assert!(status.success(), "{status}");
     drop(master);
-    let text = output.join().unwrap().replace("\r\n", "\n");
+    let text = output.join().unwrap();
     // The terminal echoes the typed lines; after them come the banner, then
     // each result after a prompt.
     let shown = text

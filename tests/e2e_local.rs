@@ -269,3 +269,68 @@ fn local_in_shell_mode_stops_its_nodes_on_sigterm_and_sigint() {
         drop(stdin);
     }
 }
+
+#[test]
+fn local_on_a_terminal_shows_the_shell_and_a_signal_restores_the_terminal() {
+    use std::io::Write;
+
+    let base = common::free_ports(NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut master, slave) = common::open_pty();
+    let termios = |fd: &std::os::fd::OwnedFd| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcgetattr fills the termios it is given.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            assert_eq!(libc::tcgetattr(fd.as_raw_fd(), &mut t), 0);
+            (t.c_iflag, t.c_oflag, t.c_lflag)
+        }
+    };
+    let before = termios(&slave);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["local", "--nodes", &NODES.to_string()])
+        .args(["--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("cluster"))
+        .env("TERM", "xterm")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    let mut local = ChildGuard::spawn_group(&mut cmd);
+    drop(cmd);
+    let output = common::read_pty(master.try_clone().unwrap());
+    master.write_all(b"put t terminal value\r").unwrap();
+    // The shell took the line and answered: the key is there.
+    let cluster = list(base);
+    wait_for("the shell's put", RECOVERY_DEADLINE, || {
+        let out = run(
+            &[
+                "client",
+                "--cluster",
+                &cluster,
+                "--timeout",
+                "1000",
+                "get",
+                "t",
+            ],
+            None,
+            CLI_DEADLINE,
+        );
+        (out.lines() == ["terminal value"]).then_some(())
+    });
+    let pid = local.pid();
+    signal(pid, libc::SIGTERM);
+    let status = wait_exit(&mut local.child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("local did not exit on SIGTERM"));
+    assert!(status.success(), "{status}");
+    wait_for("local's nodes to be gone", RECOVERY_DEADLINE, || {
+        group_members(pid).is_empty().then_some(())
+    });
+    // The line editor's raw mode is undone.
+    assert_eq!(termios(&slave), before, "terminal settings not restored");
+    drop(slave);
+    drop(master);
+    let text = output.join().unwrap();
+    assert!(text.contains("kvapp> "), "{text:?}");
+    assert!(text.contains("stopping the nodes"), "{text:?}");
+}

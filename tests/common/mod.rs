@@ -211,6 +211,44 @@ pub fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// A new pseudo-terminal: the master side to drive it and the slave side
+/// to hand to a process as its terminal.
+pub fn open_pty() -> (File, std::os::fd::OwnedFd) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut m: libc::c_int = -1;
+    let mut s: libc::c_int = -1;
+    // SAFETY: openpty writes two new descriptors into m and s; the name,
+    // termios and window size arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned here only.
+    unsafe { (File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+/// Reads `master` until the terminal's last user closes it.
+pub fn read_pty(mut master: File) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once no process holds the slave side any more.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).replace("\r\n", "\n")
+    })
+}
+
 /// What a finished process printed and how it ended.
 #[derive(Debug)]
 pub struct Output {
