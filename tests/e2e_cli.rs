@@ -471,3 +471,47 @@ fn on_a_terminal_the_client_shows_a_banner_and_a_prompt() {
         "{text:?}"
     );
 }
+
+#[test]
+fn a_server_starts_on_a_new_relative_data_directory() {
+    let base = common::free_ports(1);
+    let addr = format!("127.0.0.1:{base}");
+    let dir = tempfile::tempdir().unwrap();
+    let err_path = dir.path().join("server.err");
+    let mut server = ChildGuard::spawn(
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["server", "--bind", &addr, "--data-dir", "mydata"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap()),
+    );
+    let out = wait_for("the server to serve", common::RECOVERY_DEADLINE, || {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!(
+                "the server exited with {status}: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        let out = run(
+            &[
+                "client",
+                "--cluster",
+                &addr,
+                "--timeout",
+                "500",
+                "put",
+                "k",
+                "v",
+            ],
+            None,
+            CLI_DEADLINE,
+        );
+        (out.code == Some(0)).then_some(out)
+    });
+    assert_eq!(out.lines(), vec!["OK"]);
+    assert!(dir.path().join("mydata").is_dir());
+    signal(server.pid(), libc::SIGTERM);
+    let status = wait_exit(&mut server.child, Duration::from_secs(30)).expect("server stops");
+    assert!(status.success(), "{status}");
+}
