@@ -237,8 +237,13 @@ fn a_second_local_on_the_same_data_fails_cleanly_and_leaves_the_first_running() 
         RECOVERY_DEADLINE,
         || group_members(pid).is_empty().then_some(()),
     );
-    // The node logs (in the shared data directory) say why.
-    let node_log = std::fs::read_to_string(data.join("node-1.log")).unwrap_or_default();
+    // The log of the node local names (in the shared data directory) says
+    // why; the others may have been stopped before they got that far.
+    let named = (1..=NODES)
+        .find(|i| err.contains(&format!("node {i} exited at startup")))
+        .unwrap_or_else(|| panic!("no node named in: {err}"));
+    let node_log =
+        std::fs::read_to_string(data.join(format!("node-{named}.log"))).unwrap_or_default();
     assert!(node_log.contains("in use"), "{node_log}");
 
     // The first cluster is unharmed.
