@@ -8,7 +8,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -576,13 +576,60 @@ fn run_local(args: LocalArgs) -> Result<()> {
             }
         }
     } else {
-        let client = client_for(&cluster, Duration::from_secs(5))?;
-        let mut shell = Shell::new(client, cluster.clone());
-        repl(&mut shell, &cluster)?;
+        // The shell blocks reading its input, so a watcher thread answers
+        // SIGINT/SIGTERM: it puts the terminal back as it was, stops the
+        // nodes and ends the process.
+        let local = Arc::new(Mutex::new(local));
+        let terminal = TerminalMode::save();
+        let watched = local.clone();
+        std::thread::spawn(move || {
+            if signal_rx.recv().is_ok() {
+                terminal.restore();
+                println!("stopping the nodes");
+                watched.lock().unwrap_or_else(|e| e.into_inner()).stop();
+                std::process::exit(0);
+            }
+        });
+        let result = client_for(&cluster, Duration::from_secs(5)).and_then(|client| {
+            let mut shell = Shell::new(client, cluster.clone());
+            repl(&mut shell, &cluster)
+        });
+        println!("stopping the nodes");
+        local.lock().unwrap_or_else(|e| e.into_inner()).stop();
+        return result.map(|_| ());
     }
     println!("stopping the nodes");
     local.stop();
     Ok(())
+}
+
+/// The terminal settings of standard input, when it is a terminal, so they
+/// can be put back if the process ends while the line editor has changed
+/// them.
+struct TerminalMode(Option<libc::termios>);
+
+impl TerminalMode {
+    fn save() -> TerminalMode {
+        if !std::io::stdin().is_terminal() {
+            return TerminalMode(None);
+        }
+        // SAFETY: tcgetattr fills the termios it is given; it is kept only
+        // when the call succeeded.
+        let saved = unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            (libc::tcgetattr(libc::STDIN_FILENO, &mut t) == 0).then_some(t)
+        };
+        TerminalMode(saved)
+    }
+
+    fn restore(&self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: puts back settings read from the same descriptor.
+            unsafe {
+                libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t);
+            }
+        }
+    }
 }
 
 fn wait_for_leader(

@@ -112,9 +112,7 @@ impl DataDir {
                 .map_err(|e| Error::io(format!("creating data directory {}", path.display()), e))?;
             // Make the new directory's own name durable, or a crash could
             // lose it together with everything later synced inside it.
-            if let Some(parent) = path.parent() {
-                sync_dir(parent)?;
-            }
+            sync_dir(parent_dir(path))?;
         }
         let lock_path = path.join(Self::LOCK_FILE);
         let file = OpenOptions::new()
