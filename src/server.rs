@@ -231,14 +231,22 @@ impl ServerBuilder {
             status: status.clone(),
             unflushed: 0,
         };
-        let loop_thread = thread::Builder::new()
+        let spawned = thread::Builder::new()
             .name(format!("raft-loop-{id}"))
             .spawn(move || {
                 let result = event_loop.run();
                 drop(keep);
                 result
-            })
-            .map_err(|e| Error::io("spawning the event loop", e))?;
+            });
+        let loop_thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                stopping.store(true, Ordering::SeqCst);
+                reader_waker.wake();
+                let _ = listener_thread.join();
+                return Err(Error::io("spawning the event loop", e));
+            }
+        };
 
         log::info!("node {id} serving Raft on {raft_addr}, clients on {client_addr}");
         Ok(ServerHandle {

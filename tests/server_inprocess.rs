@@ -345,3 +345,45 @@ fn a_client_that_never_reads_does_not_stall_the_node() {
         Some(kvapp_c::kv::MAX_VALUE_BYTES)
     );
 }
+
+/// A client that sends its requests and then closes its sending side still
+/// gets every answer.
+#[test]
+fn a_client_that_half_closes_gets_its_answers() {
+    let c = Cluster::start(3);
+    let leader = c.wait_for_leader(None);
+    let mut stream = std::net::TcpStream::connect(c.node(leader).client_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    send_request(
+        &mut stream,
+        &Request::Write {
+            client_id: 7,
+            seq: 1,
+            op: Op::Put {
+                key: b"half".to_vec(),
+                value: b"closed".to_vec(),
+            },
+        },
+    );
+    send_request(
+        &mut stream,
+        &Request::Read {
+            query: Query::Get {
+                key: b"half".to_vec(),
+            },
+        },
+    );
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    assert_eq!(read_response(&mut reader), Response::Outcome(Outcome::Done));
+    assert_eq!(
+        read_response(&mut reader),
+        Response::Outcome(Outcome::Value(Some(b"closed".to_vec())))
+    );
+    // Then the node closes the connection.
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
+    assert!(rest.is_empty());
+}

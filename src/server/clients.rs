@@ -10,9 +10,10 @@
 //!
 //! Flow control: a connection has at most one request in the loop. Frames a
 //! client sends ahead wait in the reader, which stops reading that socket
-//! until the answer is written (the loop then wakes the reader through an
-//! `eventfd`). Answers therefore keep request order, and a client that
-//! pipelines cannot queue unbounded work.
+//! until the answer has left in full (the loop then wakes the reader through
+//! an `eventfd`). Answers therefore keep request order, and a client that
+//! pipelines without reading holds at most one answer in the node; the TCP
+//! window pushes back on it.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read};
@@ -183,8 +184,10 @@ struct ReadSide {
     /// Bytes read and not yet cut into requests.
     buf: Vec<u8>,
     /// Whether the socket is registered for readability (false while the
-    /// connection holds a complete request back).
+    /// connection holds a complete request back, or after end of input).
     reading: bool,
+    /// The client closed its sending side; what it sent is still served.
+    eof: bool,
 }
 
 /// Reads requests from every client connection; see the module docs.
@@ -196,7 +199,13 @@ pub(super) struct ClientReader {
     next_token: u64,
     tx: Sender<Input>,
     stopping: Arc<AtomicBool>,
+    /// Accepting failed (out of descriptors?); the listener is unwatched
+    /// until the next wake-up, at most [`ACCEPT_RETRY_MS`] later.
+    accept_paused: bool,
 }
+
+/// How long accepting pauses after it failed.
+const ACCEPT_RETRY_MS: i32 = 100;
 
 impl ClientReader {
     /// Sets up the reader for `listener`. Returns it and a handle that wakes
@@ -224,6 +233,7 @@ impl ClientReader {
             next_token: FIRST_CONN_TOKEN,
             tx,
             stopping,
+            accept_paused: false,
         };
         Ok((reader, waker))
     }
@@ -235,9 +245,23 @@ impl ClientReader {
         let mut batch = Vec::new();
         let mut chunk = vec![0u8; READ_CHUNK];
         while !self.stopping.load(Ordering::SeqCst) {
-            if let Err(e) = self.poller.wait(&mut events, -1) {
+            let timeout = if self.accept_paused {
+                ACCEPT_RETRY_MS
+            } else {
+                -1
+            };
+            if let Err(e) = self.poller.wait(&mut events, timeout) {
                 log::error!("client port: waiting for sockets failed: {e}");
                 return;
+            }
+            if self.accept_paused {
+                match self
+                    .poller
+                    .set_readable(self.listener.as_raw_fd(), LISTENER_TOKEN, true)
+                {
+                    Ok(()) => self.accept_paused = false,
+                    Err(e) => log::warn!("resuming the client listener: {e}"),
+                }
             }
             for event in &events {
                 match event.u64 {
@@ -269,9 +293,17 @@ impl ClientReader {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // For example out of file descriptors: the listener
-                    // stays readable, so back off briefly instead of spinning.
+                    // stays readable, so stop watching it for a moment
+                    // rather than spin (or sleep, which would delay every
+                    // connected client).
                     log::warn!("accepting a client connection: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    match self
+                        .poller
+                        .set_readable(self.listener.as_raw_fd(), LISTENER_TOKEN, false)
+                    {
+                        Ok(()) => self.accept_paused = true,
+                        Err(e) => log::warn!("pausing the client listener: {e}"),
+                    }
                     return;
                 }
             };
@@ -304,6 +336,7 @@ impl ClientReader {
                     conn,
                     buf: Vec::new(),
                     reading: true,
+                    eof: false,
                 },
             );
         }
@@ -315,11 +348,11 @@ impl ClientReader {
         let Some(side) = self.conns.get_mut(&token) else {
             return;
         };
-        let mut closed = false;
+        let mut failed = false;
         loop {
             match (&side.conn.stream).read(chunk) {
                 Ok(0) => {
-                    closed = true;
+                    side.eof = true;
                     break;
                 }
                 Ok(n) => {
@@ -334,15 +367,34 @@ impl ClientReader {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("client connection {token}: {e}");
-                    closed = true;
+                    failed = true;
                     break;
                 }
             }
         }
-        let keep = self.forward(token, batch) && !closed;
-        if !keep {
+        if failed || !self.forward(token, batch) {
             self.close(token);
+        } else {
+            self.finish_if_done(token);
         }
+    }
+
+    /// Lets go of a connection whose client finished sending, once every
+    /// complete request it sent has been handed to the loop. The socket is
+    /// not shut: it closes when the loop has written the last answer and
+    /// dropped its handle, so a client that half-closes still hears back.
+    fn finish_if_done(&mut self, token: u64) {
+        let Some(side) = self.conns.get(&token) else {
+            return;
+        };
+        if !side.eof || matches!(next_frame(&side.buf), Ok(Some(_))) {
+            return;
+        }
+        if !side.buf.is_empty() {
+            log::debug!("client connection {token} ended inside a request");
+        }
+        self.poller.remove(side.conn.stream.as_raw_fd());
+        self.conns.remove(&token);
     }
 
     /// Forwards the first complete request of a connection if it has none
@@ -378,12 +430,16 @@ impl ClientReader {
                     }
                 };
                 side.buf.drain(..end);
+                if side.buf.is_empty() && side.buf.capacity() > READ_CHUNK {
+                    side.buf = Vec::new();
+                }
                 batch.push((request, side.conn.clone()));
                 // A further complete request now waits for this one's answer.
                 return self.forward(token, batch);
             }
         }
-        self.set_reading(token, true)
+        let more = !side.eof;
+        self.set_reading(token, more)
     }
 
     /// Forwards requests that were held back for busy connections.
@@ -395,7 +451,9 @@ impl ClientReader {
             .map(|(&token, _)| token)
             .collect();
         for token in held {
-            if !self.forward(token, batch) {
+            if self.forward(token, batch) {
+                self.finish_if_done(token);
+            } else {
                 self.close(token);
             }
         }
@@ -461,28 +519,31 @@ impl Replies {
         self.buf[..4].copy_from_slice(&frame::MAGIC);
         self.buf[4] = frame::VERSION;
         self.buf[5..frame::HEADER_LEN].copy_from_slice(&len.to_le_bytes());
-        // The connection may hand over its next request now; its answer
-        // queues behind this one below, so order is kept.
-        to.busy.store(false, Ordering::SeqCst);
-        if to.waker.wanted.load(Ordering::SeqCst) {
-            to.waker.wake();
-        }
         if let Some((_, rest)) = self.stalled.get_mut(&to.id) {
+            // Only this connection's earlier answers can be stalled; this one
+            // queues behind them.
             rest.extend_from_slice(&self.buf);
             if rest.len() > MAX_STALLED_BYTES {
                 log::warn!("a client does not read its answers; closing its connection");
                 let _ = to.stream.shutdown(Shutdown::Both);
                 self.stalled.remove(&to.id);
+                release(to);
             }
             return;
         }
         match send_nonblocking(&to.stream, &self.buf) {
-            Ok(n) if n == self.buf.len() => {}
+            Ok(n) if n == self.buf.len() => release(to),
             Ok(n) => {
+                // The connection stays busy until the rest is out, so a
+                // client that does not read makes the node hold at most one
+                // answer for it.
                 self.stalled
                     .insert(to.id, (to.clone(), self.buf[n..].to_vec()));
             }
-            Err(e) => log::debug!("answering a client: {e}"),
+            Err(e) => {
+                log::debug!("answering a client: {e}");
+                release(to);
+            }
         }
     }
 
@@ -492,14 +553,26 @@ impl Replies {
             |_, (conn, rest)| match send_nonblocking(&conn.stream, rest) {
                 Ok(n) => {
                     rest.drain(..n);
+                    if rest.is_empty() {
+                        release(conn);
+                    }
                     !rest.is_empty()
                 }
                 Err(e) => {
                     log::debug!("answering a client: {e}");
+                    release(conn);
                     false
                 }
             },
         );
+    }
+}
+
+/// The connection's answer is out: it may hand over its next request.
+fn release(conn: &ClientConn) {
+    conn.busy.store(false, Ordering::SeqCst);
+    if conn.waker.wanted.load(Ordering::SeqCst) {
+        conn.waker.wake();
     }
 }
 
@@ -564,10 +637,13 @@ mod tests {
         // Far more than the socket buffers take at once.
         let sizes: Vec<usize> = (0..12).map(|i| (1 << 20) + i).collect();
         for &len in &sizes {
+            // As the reader does when it hands over each request.
+            conn.busy.store(true, Ordering::SeqCst);
             replies.send(&conn, value_answer(len));
         }
         assert!(!replies.stalled.is_empty(), "nothing was held back");
-        assert!(!conn.busy.load(Ordering::SeqCst));
+        // Busy until the held-back bytes are out.
+        assert!(conn.busy.load(Ordering::SeqCst));
         let reading = std::thread::spawn(move || {
             let mut reader = io::BufReader::new(&mut client);
             sizes
@@ -584,6 +660,7 @@ mod tests {
             replies.flush_stalled();
             std::thread::yield_now();
         }
+        assert!(!conn.busy.load(Ordering::SeqCst));
         let answers = reading.join().unwrap();
         let expected: Vec<Response> = (0..12).map(|i| value_answer((1 << 20) + i)).collect();
         assert_eq!(answers, expected);

@@ -155,7 +155,10 @@ impl KvStorage for FileKv {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.finish_background(true)?;
+        if let Err(e) = self.finish_background(true) {
+            // The store is dirty again; the write below retries it.
+            log::warn!("background snapshot of {} failed: {e}", self.path.display());
+        }
         if !self.dirty {
             return Ok(());
         }
