@@ -17,7 +17,7 @@ use kvapp_c::kv::Client;
 use kvapp_c::network::tcp::{TcpConfig, TcpTransport, cluster_identity};
 use kvapp_c::server::{Server, default_client_addr};
 use kvapp_c::shell::Shell;
-use kvapp_c::storage::file::DataDir;
+use kvapp_c::storage::file::{DataDir, Identity};
 use kvapp_c::timing::{TimingConfig, TimingMode};
 use kvapp_c::{Error, NodeId, Result};
 
@@ -316,6 +316,11 @@ fn run_server(args: ServerArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("./data-{id}")));
 
     let dir = DataDir::open(&data_dir)?;
+    dir.claim_identity(&Identity {
+        node: id,
+        members: cluster.len() as u64,
+        cluster: cluster_identity(&cluster),
+    })?;
     let log = dir.log()?;
     let state = dir.state()?;
     let kv = dir.kv()?;

@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use kvapp_c::storage::file::{DataDir, FileKv, FileLog, FileState};
+use kvapp_c::storage::file::{DataDir, FileKv, FileLog, FileState, Identity};
 use kvapp_c::storage::{Entry, HardState, KvStorage, KvWrite, LogStorage, StateStorage};
 use kvapp_c::{Error, LogIndex, Result, Term};
 use proptest::prelude::*;
@@ -890,4 +890,69 @@ fn failed_open_releases_its_claim() {
     assert!(data.log().is_err());
     fs::remove_file(log_path(dir.path())).unwrap();
     data.log().unwrap();
+}
+
+// ------------------------------------------------------------------ identity
+
+fn me(node: u64, members: u64, cluster: &str) -> Identity {
+    Identity {
+        node,
+        members,
+        cluster: cluster.into(),
+    }
+}
+
+#[test]
+fn a_data_directory_belongs_to_one_node() {
+    let dir = tempdir();
+    let path = dir.path().join(DataDir::IDENTITY_FILE);
+    let data = DataDir::open(dir.path()).unwrap();
+    data.claim_identity(&me(1, 3, "a:1,b:2,c:3")).unwrap();
+    // The same node again, also after its members moved.
+    data.claim_identity(&me(1, 3, "a:1,b:2,c:3")).unwrap();
+    data.claim_identity(&me(1, 3, "x:1,y:2,z:3")).unwrap();
+    let recorded = fs::read(&path).unwrap();
+    assert!(recorded.windows(11).any(|w| w == b"x:1,y:2,z:3"));
+
+    for other in [me(2, 3, "x:1,y:2,z:3"), me(1, 5, "x:1,y:2,z:3,v:4,w:5")] {
+        match data.claim_identity(&other) {
+            Err(Error::Config(msg)) => {
+                assert!(
+                    msg.contains("belongs to node 1 of a 3-node cluster"),
+                    "{msg}"
+                );
+                assert!(
+                    msg.contains(&format!("not to node {}", other.node)),
+                    "{msg}"
+                );
+            }
+            r => panic!("{other:?} was let in: {r:?}"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), recorded, "the file changed");
+    }
+}
+
+#[test]
+fn bad_identity_files_are_errors() {
+    let dir = tempdir();
+    let path = dir.path().join(DataDir::IDENTITY_FILE);
+    let data = DataDir::open(dir.path()).unwrap();
+    data.claim_identity(&me(2, 3, "a:1,b:2,c:3")).unwrap();
+    let valid = fs::read(&path).unwrap();
+    let mut flipped = valid.clone();
+    flipped[14] ^= 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("truncated", valid[..valid.len() - 3].to_vec()),
+        ("flipped", flipped),
+        ("garbage", noise(5, 64)),
+    ];
+    for (what, bytes) in cases {
+        fs::write(&path, &bytes).unwrap();
+        let err = data
+            .claim_identity(&me(2, 3, "a:1,b:2,c:3"))
+            .expect_err(what);
+        assert!(matches!(err, Error::Corrupt { .. }), "{what}: {err}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "{what}: file changed");
+    }
 }

@@ -8,6 +8,7 @@
 //! | `raft.log`    | [`FileLog`]   | appends of CRC-checked records; rewritten whole by `discard_through` |
 //! | `raft.state`  | [`FileState`] | replaced whole on every save                |
 //! | `kv.snapshot` | [`FileKv`]    | replaced whole on every flush               |
+//! | `node.id`     | -             | the owning node, written once ([`DataDir::claim_identity`]) |
 //!
 //! Invariants every backend keeps:
 //!
@@ -43,10 +44,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{Error, Result};
 
+mod identity;
 mod kv;
 mod log;
 mod state;
 
+pub use identity::Identity;
 pub use kv::FileKv;
 pub use log::FileLog;
 pub use state::FileState;
@@ -102,6 +105,15 @@ impl DataDir {
     pub const STATE_FILE: &'static str = "raft.state";
     /// Name of the key-value snapshot file.
     pub const KV_FILE: &'static str = "kv.snapshot";
+    /// Name of the file recording which node owns the directory.
+    pub const IDENTITY_FILE: &'static str = "node.id";
+
+    /// Records `me` as the directory's owner on first use; afterwards fails
+    /// with [`Error::Config`] if the directory belongs to another node id or
+    /// a cluster of another size (a wrong `--node-id` or `--data-dir`).
+    pub fn claim_identity(&self, me: &Identity) -> Result<()> {
+        identity::claim(&self.path.join(Self::IDENTITY_FILE), me)
+    }
 
     /// Opens (creating it if missing) the data directory at `path` and locks
     /// it. Fails at once with [`Error::Locked`] if another process, or
