@@ -21,7 +21,7 @@
 
 use std::path::Path;
 
-use super::{check_magic_version, read_file, replace_file, u32_at, u64_at};
+use super::{check_checksummed, corrupt_at, read_file, replace_file, u32_at, u64_at};
 use crate::{Error, NodeId, Result};
 
 const MAGIC: [u8; 8] = *b"KVAPPNID";
@@ -55,25 +55,15 @@ impl Identity {
     }
 
     fn decode(path: &Path, b: &[u8]) -> Result<Identity> {
-        check_magic_version(path, b, &MAGIC, "kvapp-c node identity file", VERSION)?;
-        let corrupt = |offset: usize, reason: String| Error::Corrupt {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            reason,
-        };
-        if b.len() < HEADER_LEN + 4 {
-            return Err(corrupt(
-                b.len(),
-                format!("the file is truncated ({} bytes)", b.len()),
-            ));
-        }
-        let body_end = b.len() - 4;
-        if u32_at(b, body_end) != crc32fast::hash(&b[..body_end]) {
-            return Err(corrupt(
-                body_end,
-                format!("checksum mismatch over bytes 0..{body_end}"),
-            ));
-        }
+        let body_end = check_checksummed(
+            path,
+            b,
+            &MAGIC,
+            "kvapp-c node identity file",
+            VERSION,
+            HEADER_LEN,
+        )?;
+        let corrupt = |offset: usize, reason: String| corrupt_at(path, offset, reason);
         let len = u32_at(b, 28) as usize;
         if HEADER_LEN + len != body_end {
             return Err(corrupt(

@@ -43,7 +43,8 @@ use std::path::{Path, PathBuf};
 use std::thread::{self, JoinHandle};
 
 use super::{
-    Claim, check_magic_version, commit_tmp, create_tmp, read_file, remove_stale_tmp, u32_at, u64_at,
+    Claim, check_checksummed, commit_tmp, corrupt_at, create_tmp, read_file, remove_stale_tmp,
+    u32_at, u64_at,
 };
 use crate::storage::{KvStorage, KvWrite};
 use crate::{Error, LogIndex, Result};
@@ -257,25 +258,15 @@ fn len_field(bytes: &[u8]) -> io::Result<[u8; 4]> {
 type Pairs = BTreeMap<Vec<u8>, Vec<u8>>;
 
 fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Pairs)> {
-    check_magic_version(path, b, &MAGIC, "kvapp-c key-value snapshot", VERSION)?;
-    let corrupt = |offset: usize, reason: String| Error::Corrupt {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        reason,
-    };
-    if b.len() < HEADER_LEN + 4 {
-        return Err(corrupt(
-            b.len(),
-            format!("the file is truncated ({} bytes)", b.len()),
-        ));
-    }
-    let body_end = b.len() - 4;
-    if u32_at(b, body_end) != crc32fast::hash(&b[..body_end]) {
-        return Err(corrupt(
-            body_end,
-            format!("checksum mismatch over bytes 0..{body_end}"),
-        ));
-    }
+    let body_end = check_checksummed(
+        path,
+        b,
+        &MAGIC,
+        "kvapp-c key-value snapshot",
+        VERSION,
+        HEADER_LEN,
+    )?;
+    let corrupt = |offset: usize, reason: String| corrupt_at(path, offset, reason);
     let applied = u64_at(b, 12);
     let count = u64_at(b, 20);
     let mut data = BTreeMap::new();

@@ -297,6 +297,45 @@ fn read_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
+/// Checks a file that ends in a CRC-32 of everything before it: magic and
+/// version, at least `header_len` bytes ahead of the checksum, and the
+/// checksum itself. Returns the checksum's offset (where the body ends).
+fn check_checksummed(
+    path: &Path,
+    b: &[u8],
+    magic: &[u8; 8],
+    what: &str,
+    version: u32,
+    header_len: usize,
+) -> Result<usize> {
+    check_magic_version(path, b, magic, what, version)?;
+    if b.len() < header_len + 4 {
+        return Err(corrupt_at(
+            path,
+            b.len(),
+            format!("the file is truncated ({} bytes)", b.len()),
+        ));
+    }
+    let body_end = b.len() - 4;
+    if u32_at(b, body_end) != crc32fast::hash(&b[..body_end]) {
+        return Err(corrupt_at(
+            path,
+            body_end,
+            format!("checksum mismatch over bytes 0..{body_end}"),
+        ));
+    }
+    Ok(body_end)
+}
+
+/// An [`Error::Corrupt`] for `path` at byte `offset`.
+fn corrupt_at(path: &Path, offset: usize, reason: String) -> Error {
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    }
+}
+
 /// Checks the magic and format version at the start of a file.
 fn check_magic_version(
     path: &Path,

@@ -26,10 +26,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Claim, check_magic_version, read_file, remove_stale_tmp, replace_file, u32_at, u64_at,
+    Claim, check_magic_version, corrupt_at, read_file, remove_stale_tmp, replace_file, u32_at,
+    u64_at,
 };
+use crate::Result;
 use crate::storage::{HardState, StateStorage};
-use crate::{Error, Result};
 
 const MAGIC: [u8; 8] = *b"KVAPPHST";
 const VERSION: u32 = 1;
@@ -97,11 +98,7 @@ fn encode(state: &HardState) -> [u8; LEN] {
 
 fn decode(path: &Path, b: &[u8]) -> Result<HardState> {
     check_magic_version(path, b, &MAGIC, "kvapp-c state file", VERSION)?;
-    let corrupt = |offset: usize, reason: String| Error::Corrupt {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        reason,
-    };
+    let corrupt = |offset: usize, reason: String| corrupt_at(path, offset, reason);
     if b.len() < LEN {
         return Err(corrupt(
             b.len(),
