@@ -246,7 +246,12 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                     return Ok(());
                 }
                 Message::AppendEntries { .. } => self.become_follower(msg_term, Some(from))?,
-                _ => self.become_follower(msg_term, None)?,
+                // Any other message only reveals a newer term: adopt it, but
+                // keep the election timer running. Only a leader's append or
+                // a granted vote may push the next election back; otherwise
+                // a node whose log is too stale to win could keep every
+                // other node from ever timing out.
+                _ => self.step_down(msg_term)?,
             }
         } else if msg_term < self.term {
             return self.step_stale(from, msg);
@@ -561,8 +566,25 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
 
     // ---- Role transitions ------------------------------------------------
 
-    /// Becomes a follower at `term` (saving it if it is new, with no vote).
+    /// Becomes a follower at `term` (saving it if it is new, with no vote)
+    /// and restarts the election timer.
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) -> Result<()> {
+        self.enter_follower(term, leader)?;
+        self.reset_election_timer();
+        Ok(())
+    }
+
+    /// Becomes a leaderless follower at the newer `term` without touching
+    /// the election timer: a node that only learned of a newer term keeps
+    /// counting towards its own election.
+    fn step_down(&mut self, term: Term) -> Result<()> {
+        self.enter_follower(term, None)?;
+        // A former leader's elapsed count stopped when it took office; the
+        // timeout it drew then still stands.
+        Ok(())
+    }
+
+    fn enter_follower(&mut self, term: Term, leader: Option<NodeId>) -> Result<()> {
         if term > self.term {
             self.save_hard_state(term, None)?;
         }
@@ -572,7 +594,6 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                 .failed_reads
                 .extend(l.pending_reads.into_iter().map(|r| r.id));
         }
-        self.reset_election_timer();
         debug!(
             "node {} becomes follower at term {term} (leader {leader:?})",
             self.id
