@@ -154,6 +154,11 @@ impl Checker {
         }
     }
 
+    /// Number of terms that had a leader.
+    pub fn leaders_elected(&self) -> u64 {
+        self.leaders.len() as u64
+    }
+
     /// Highest index known committed.
     pub fn committed_len(&self) -> LogIndex {
         self.committed.len() as LogIndex

@@ -108,6 +108,8 @@ pub struct Params {
     pub crash: bool,
     /// Chance that a node makes its state machine durable after applying.
     pub flush_chance: f64,
+    /// Chance that a new leader crashes within a few ticks of taking office.
+    pub new_leader_crash: f64,
 }
 
 impl Params {
@@ -124,24 +126,35 @@ impl Params {
             })
             .collect();
         let election_ticks_min = rng.between(8, 12) as u32;
+        let crash = rng.chance(0.75);
         Params {
             nodes,
             pre_vote: rng.chance(0.5),
             check_quorum: rng.chance(0.5),
             heartbeat_ticks: rng.between(1, 3) as u32,
             election_ticks_min,
-            election_ticks_max: election_ticks_min * 2,
+            // A narrow range provokes split votes and repeated candidacies.
+            election_ticks_max: if rng.chance(0.3) {
+                election_ticks_min + rng.between(1, 3) as u32
+            } else {
+                election_ticks_min * 2
+            },
             max_inflight: [1, 4, 64][rng.between(0, 2) as usize],
-            max_append_bytes: [40, 200, 1 << 20][rng.between(0, 2) as usize],
+            max_append_bytes: [40, 40, 200, 1 << 20][rng.between(0, 3) as usize],
             tick_periods,
-            clients: rng.between(2, 4) as usize,
-            fault_ticks: rng.between(100, 250),
+            clients: rng.between(2, 8) as usize,
+            fault_ticks: rng.between(400, 1000),
             drop: rng.chance(0.75),
             dup: rng.chance(0.75),
             delay: rng.chance(0.75),
             partition: rng.chance(0.75),
             one_way: rng.chance(0.75),
-            crash: rng.chance(0.75),
+            crash,
+            new_leader_crash: if crash {
+                [0.0, 0.15, 0.4][rng.between(0, 2) as usize]
+            } else {
+                0.0
+            },
             flush_chance: [0.0, 0.1, 0.5][rng.between(0, 2) as usize],
         }
     }
@@ -166,7 +179,7 @@ impl Params {
             }
         }
         format!(
-            "{} nodes, pre_vote={}, check_quorum={}, heartbeat {} ticks, election {}..{} ticks, max_inflight {}, max_append_bytes {}, tick periods {:?} (in tenths of a tick), {} clients, faults for {} ticks: [{}], state machine flush chance {}",
+            "{} nodes, pre_vote={}, check_quorum={}, heartbeat {} ticks, election {}..{} ticks, max_inflight {}, max_append_bytes {}, tick periods {:?} (in tenths of a tick), {} clients, faults for {} ticks: [{}], new leader crash chance {}, state machine flush chance {}",
             self.nodes,
             self.pre_vote,
             self.check_quorum,
@@ -179,6 +192,7 @@ impl Params {
             self.clients,
             self.fault_ticks,
             faults.join(", "),
+            self.new_leader_crash,
             self.flush_chance
         )
     }
@@ -235,6 +249,8 @@ pub struct Outcome {
     pub progress_ticks: Option<u64>,
     pub writes_acked: u64,
     pub reads_served: u64,
+    /// Terms that had a leader.
+    pub leaders: u64,
     pub events: u64,
     pub failure: Option<Failure>,
 }
@@ -329,6 +345,7 @@ pub struct Stats {
     pub longest_progress: Option<(u64, u64)>,
     pub writes_acked: u64,
     pub reads_served: u64,
+    pub leaders: u64,
     pub events: u64,
     /// Failed seeds, in seed order.
     pub failures: Vec<Outcome>,
@@ -353,6 +370,7 @@ impl Stats {
         self.writes_acked += o.writes_acked;
         self.reads_served += o.reads_served;
         self.events += o.events;
+        self.leaders += o.leaders;
         if o.failure.is_some() {
             self.failures.push(o);
         }
@@ -364,11 +382,12 @@ impl Stats {
         let secs = self.elapsed.as_secs_f64();
         let _ = writeln!(
             out,
-            "simulated {} seeds in {:.2} s: {:.0} seeds/s, {} events, {} writes acknowledged, {} reads served, {} failed",
+            "simulated {} seeds in {:.2} s: {:.0} seeds/s, {} events, {} leaders elected, {} writes acknowledged, {} reads served, {} failed",
             self.seeds,
             secs,
             self.seeds as f64 / secs.max(1e-9),
             self.events,
+            self.leaders,
             self.writes_acked,
             self.reads_served,
             self.failures.len()

@@ -199,6 +199,8 @@ pub enum What {
         drop: bool,
         dup: bool,
         delay: bool,
+        /// A node whose every message takes this much longer.
+        slow: Option<(NodeId, u64)>,
     },
     FaultsEnd,
     Propose {
@@ -288,8 +290,22 @@ impl fmt::Display for Record {
                 Ok(())
             }
             What::Heal => write!(f, "HEAL all links"),
-            What::Faults { drop, dup, delay } => {
-                write!(f, "network faults: drop={drop} dup={dup} delay={delay}")
+            What::Faults {
+                drop,
+                dup,
+                delay,
+                slow,
+            } => {
+                write!(f, "network faults: drop={drop} dup={dup} delay={delay}")?;
+                if let Some((node, extra)) = slow {
+                    write!(
+                        f,
+                        ", n{node} slow by {}.{} ticks",
+                        extra / TICK,
+                        extra % TICK
+                    )?;
+                }
+                Ok(())
             }
             What::FaultsEnd => write!(f, "FAULTS STOP: links healed, nodes restarted"),
             What::Propose {

@@ -104,6 +104,11 @@ enum Event {
         node: usize,
         epoch: u64,
     },
+    /// Crash a node if it still lives the life it had when scheduled.
+    Crash {
+        node: usize,
+        epoch: u64,
+    },
     FaultsEnd,
 }
 
@@ -224,6 +229,8 @@ pub struct World {
     drop_p: f64,
     dup_p: f64,
     delay_p: f64,
+    /// Extra delay on everything a node sends (a slow node or link).
+    slow: Vec<u64>,
     /// Highest send sequence delivered per directed link.
     last_delivered: Vec<u64>,
     faults: [bool; FaultKind::COUNT],
@@ -284,6 +291,7 @@ impl World {
             drop_p: 0.0,
             dup_p: 0.0,
             delay_p: 0.0,
+            slow: vec![0; n],
             last_delivered: vec![0; n * n],
             faults: [false; FaultKind::COUNT],
             faults_over: false,
@@ -327,6 +335,7 @@ impl World {
             },
             writes_acked: self.writes_acked,
             reads_served: self.reads_served,
+            leaders: self.checker.leaders_elected(),
             events: self.trace.total(),
             failure: None,
         };
@@ -405,6 +414,12 @@ impl World {
             Event::Restart { node, epoch } => {
                 if self.slots[node].epoch == epoch && self.slots[node].node.is_none() {
                     self.restart(node)?;
+                }
+                Ok(())
+            }
+            Event::Crash { node, epoch } => {
+                if !self.faults_over && self.slots[node].epoch == epoch {
+                    self.crash(node)?;
                 }
                 Ok(())
             }
@@ -519,7 +534,11 @@ impl World {
             },
         );
         self.check_durable()?;
-        let down = self.rng.between(2 * TICK, 40 * TICK);
+        let down = if self.rng.chance(0.7) {
+            self.rng.between(TICK, 15 * TICK)
+        } else {
+            self.rng.between(15 * TICK, 40 * TICK)
+        };
         self.schedule(down, Event::Restart { node: i, epoch });
         Ok(())
     }
@@ -648,6 +667,18 @@ impl World {
         self.checker.check_log_change(i, log)?;
         if change.became_leader {
             self.checker.check_new_leader(i, st.term, log)?;
+            // Leaders that fall soon after taking office leave the partly
+            // replicated logs that the subtle cases of Raft are made of.
+            if !self.faults_over && self.rng.chance(self.params.new_leader_crash) {
+                let epoch = self.slots[i].epoch;
+                let after = self.rng.between(0, 5 * TICK);
+                self.seq += 1;
+                self.queue.push(Reverse(Scheduled {
+                    time: now + after,
+                    seq: self.seq,
+                    event: Event::Crash { node: i, epoch },
+                }));
+            }
         }
         let before = self.checker.committed_len();
         if self
@@ -881,11 +912,15 @@ impl World {
         let mut delay = self.rng.between(1, 8);
         if self.rng.chance(self.delay_p) {
             self.faults[FaultKind::Delay as usize] = true;
-            delay = if self.rng.chance(0.7) {
+            delay = if self.rng.chance(0.4) {
                 self.rng.between(10, 80)
             } else {
                 self.rng.between(80, 300)
             };
+        }
+        if self.slow[from] > 0 {
+            self.faults[FaultKind::Delay as usize] = true;
+            delay += self.slow[from];
         }
         if self.rng.chance(self.dup_p) {
             self.faults[FaultKind::Duplicate as usize] = true;
@@ -950,7 +985,7 @@ impl World {
         if self.faults_over {
             return Ok(());
         }
-        let next = self.rng.between(3 * TICK, 12 * TICK);
+        let next = self.rng.between(2 * TICK, 8 * TICK);
         self.schedule(next, Event::Nemesis);
         let p = &self.params;
         let mut actions: Vec<u8> = Vec::with_capacity(4);
@@ -988,12 +1023,20 @@ impl World {
                 } else {
                     0.0
                 };
+                self.slow.iter_mut().for_each(|s| *s = 0);
+                let mut slow = None;
+                if delay && self.rng.chance(0.5) {
+                    let x = self.rng.between(0, self.n() as u64 - 1) as usize;
+                    self.slow[x] = self.rng.between(5 * TICK, 25 * TICK);
+                    slow = Some((x as NodeId + 1, self.slow[x]));
+                }
                 self.trace.push(
                     self.now,
                     What::Faults {
                         drop: self.drop_p > 0.0,
                         dup: self.dup_p > 0.0,
                         delay: self.delay_p > 0.0,
+                        slow,
                     },
                 );
             }
@@ -1013,7 +1056,7 @@ impl World {
                         .is_some_and(|n| n.status().role == Role::Leader)
                 });
                 let victim = match leader {
-                    Some(l) if self.rng.chance(0.4) => l,
+                    Some(l) if self.rng.chance(0.6) => l,
                     _ => up[self.rng.between(0, up.len() as u64 - 1) as usize],
                 };
                 self.crash(victim)?;
@@ -1105,6 +1148,7 @@ impl World {
         self.drop_p = 0.0;
         self.dup_p = 0.0;
         self.delay_p = 0.0;
+        self.slow.iter_mut().for_each(|s| *s = 0);
         self.trace.push(self.now, What::FaultsEnd);
         for i in 0..self.n() {
             if self.slots[i].node.is_none() {
