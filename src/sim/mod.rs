@@ -12,8 +12,9 @@
 //! crashes nodes (losing their unsynced log writes) and restarts them from
 //! their durable storage. Nodes tick at their own rates. Clients write and
 //! read throughout. Then the faults stop: links heal, crashed nodes restart,
-//! and within [`world::LIVENESS_TICKS`] a leader must be elected and a write
-//! and a read issued after the stop must complete.
+//! and within [`SimOptions::election_bound_ticks`] a leader must be elected,
+//! and within [`SimOptions::progress_bound_ticks`] a write and a read issued
+//! after the stop must complete.
 //!
 //! After every step the [`checker`] verifies Raft's safety properties and
 //! linearizable reads; a violation ends the run with a [`Failure`] holding
@@ -207,6 +208,12 @@ pub struct SimOptions {
     pub pre_vote: Option<bool>,
     /// Force CheckQuorum on or off instead of drawing it.
     pub check_quorum: Option<bool>,
+    /// Ticks after the faults stop within which a leader must hold the
+    /// highest term.
+    pub election_bound_ticks: u64,
+    /// Ticks after the faults stop within which a write and a read issued
+    /// after the stop must complete.
+    pub progress_bound_ticks: u64,
     /// A deliberately broken Raft rule to switch on in every node.
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
@@ -218,6 +225,8 @@ impl Default for SimOptions {
             trace_len: 200,
             pre_vote: None,
             check_quorum: None,
+            election_bound_ticks: 100,
+            progress_bound_ticks: 250,
             #[cfg(feature = "mutations")]
             mutation: None,
         }

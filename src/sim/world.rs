@@ -33,10 +33,6 @@ use super::{FaultKind, Outcome, Params, SimOptions, TICK};
 type RaftNode = Node<SimLog, MemoryState>;
 type Check<T = ()> = Result<T, Violation>;
 
-/// Ticks after the faults stop by which a leader must be elected and a
-/// write and a read issued after the stop must complete.
-pub const LIVENESS_TICKS: u64 = 300;
-
 /// A client gives up on an operation after this many ticks.
 const CLIENT_TIMEOUT_TICKS: u64 = 30;
 
@@ -362,10 +358,12 @@ impl World {
         let d = self.rng.between(TICK, 10 * TICK);
         self.schedule(d, Event::Nemesis);
         self.schedule(self.params.fault_ticks * TICK, Event::FaultsEnd);
-        let deadline = self.params.fault_ticks * TICK + LIVENESS_TICKS * TICK;
+        let end = self.params.fault_ticks * TICK;
+        let election_deadline = end + self.opts.election_bound_ticks * TICK;
+        let deadline = end + self.opts.progress_bound_ticks * TICK;
         while let Some(Reverse(next)) = self.queue.pop() {
             self.now = next.time;
-            if self.now > deadline {
+            if self.now > deadline || (self.now > election_deadline && self.election_at.is_none()) {
                 return Err(self.liveness_failure());
             }
             self.handle(next.event)?;
@@ -1264,8 +1262,11 @@ impl World {
         Violation::new(
             ViolationKind::Liveness,
             format!(
-                "{LIVENESS_TICKS} ticks after faults stopped: {}",
-                missing.join("; ")
+                "{} ticks after faults stopped: {} (bounds: {} ticks to elect, {} to complete a new write and read)",
+                (self.now - self.end_at) / TICK,
+                missing.join("; "),
+                self.opts.election_bound_ticks,
+                self.opts.progress_bound_ticks
             ),
         )
     }
