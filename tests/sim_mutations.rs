@@ -23,6 +23,15 @@ fn seeds_to_catch(mutation: Mutation, limit: u64) -> Option<(u64, String)> {
                 "{mutation:?} made seed {seed} fail outside the safety checks:\n{}",
                 outcome.report().unwrap_or_default()
             );
+            // The report a developer gets: the failure, the recent events,
+            // the node states and the exact replay command.
+            let report = outcome.report().unwrap_or_default();
+            let replay = format!("KVAPP_SIM_SEED={seed} KVAPP_SIM_SEEDS=1 cargo test");
+            for part in ["FAILED", "last events:", "node states:", replay.as_str()] {
+                assert!(report.contains(part), "report lacks {part:?}:\n{report}");
+            }
+            let events = report.lines().filter(|l| l.starts_with("  [")).count();
+            assert!((100..=200).contains(&events), "{events} trace lines");
             return Some((seed + 1, format!("seed {seed}: {}", f.violation)));
         }
     }

@@ -20,7 +20,8 @@
 //!   a commit is first observed.
 //! - **State machine safety**: every node applies committed entries in order,
 //!   and the entry it applies at an index is the committed one; hence all
-//!   applied sequences are prefixes of one another.
+//!   applied sequences are prefixes of one another. A client command (each
+//!   is proposed once) is applied at one index only.
 //! - **Linearizable reads**: a read returns a state at least as new as every
 //!   write acknowledged, and every read completed, before it was issued.
 //!
@@ -127,6 +128,8 @@ pub struct Checker {
     entries: HashMap<(LogIndex, Term), u64>,
     committed: Vec<Committed>,
     views: Vec<View>,
+    /// Command number -> the index it was applied at.
+    commands: HashMap<u64, LogIndex>,
     /// The longest list a read must see: the largest position of an
     /// acknowledged write or value of a completed read.
     read_floor: u64,
@@ -150,6 +153,7 @@ impl Checker {
             leaders: HashMap::new(),
             entries: HashMap::new(),
             committed: Vec::new(),
+            commands: HashMap::new(),
             read_floor: 0,
         }
     }
@@ -415,6 +419,21 @@ impl Checker {
         Ok(())
     }
 
+    /// Every client command is proposed once, so it must be applied at one
+    /// index only, by every node.
+    pub fn check_command(&mut self, node: NodeId, index: LogIndex, cmd: u64) -> Check {
+        let first = *self.commands.entry(cmd).or_insert(index);
+        if first != index {
+            return fail(
+                ViolationKind::AppliedDiverged,
+                format!(
+                    "n{node} applies command #{cmd} at index {index}, but it was applied at index {first} before"
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// The floor a read issued now must reach.
     pub fn read_floor(&self) -> u64 {
         self.read_floor
@@ -437,5 +456,133 @@ impl Checker {
         }
         self.read_floor = self.read_floor.max(value);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LogStorage;
+    use crate::storage::memory::MemoryLog;
+
+    fn log_of(entries: &[(Term, &[u8])]) -> SimLog {
+        let mut log = SimLog::open(MemoryLog::new()).unwrap();
+        let es: Vec<Entry> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (term, data))| Entry {
+                index: i as LogIndex + 1,
+                term: *term,
+                data: data.to_vec(),
+            })
+            .collect();
+        log.append(&es).unwrap();
+        log.sync().unwrap();
+        log
+    }
+
+    fn kind<T: fmt::Debug>(r: Check<T>) -> ViolationKind {
+        r.expect_err("the check should fail").kind
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_are_caught() {
+        let mut c = Checker::new(vec![1, 2, 3]);
+        c.observe_role(0, Role::Leader, 2, Some(1)).unwrap();
+        c.observe_role(1, Role::Leader, 3, Some(2)).unwrap();
+        assert_eq!(
+            kind(c.observe_role(2, Role::Leader, 2, Some(3))),
+            ViolationKind::TwoLeaders
+        );
+    }
+
+    #[test]
+    fn terms_never_go_back_and_votes_never_change() {
+        let mut c = Checker::new(vec![1, 2, 3]);
+        c.observe_role(0, Role::Follower, 4, Some(2)).unwrap();
+        assert_eq!(
+            kind(c.observe_role(0, Role::Follower, 4, Some(3))),
+            ViolationKind::VoteChanged
+        );
+        assert_eq!(
+            kind(c.observe_role(0, Role::Follower, 3, None)),
+            ViolationKind::TermDecreased
+        );
+    }
+
+    #[test]
+    fn same_index_and_term_with_different_prefixes_breaks_log_matching() {
+        let mut c = Checker::new(vec![1, 2, 3]);
+        c.check_log_change(0, &log_of(&[(1, b"a"), (1, b"b")]))
+            .unwrap();
+        c.check_log_change(1, &log_of(&[(1, b"a")])).unwrap();
+        assert_eq!(
+            kind(c.check_log_change(2, &log_of(&[(1, b"x"), (1, b"b")]))),
+            ViolationKind::LogMatching
+        );
+    }
+
+    #[test]
+    fn committed_entries_never_change_and_stay_on_a_quorum() {
+        let mut c = Checker::new(vec![1, 2, 3]);
+        let a = log_of(&[(1, b"a"), (1, b"b")]);
+        let b = log_of(&[(1, b"a"), (2, b"c")]);
+        c.check_log_change(0, &a).unwrap();
+        c.observe_commit(0, 1, 2, &a).unwrap();
+        assert_eq!(
+            kind(c.observe_commit(1, 2, 2, &b)),
+            ViolationKind::CommittedChanged
+        );
+        let empty: &[u64] = &[];
+        c.check_durable([a.durable_hashes(), a.durable_hashes(), empty].into_iter())
+            .unwrap();
+        assert_eq!(
+            kind(c.check_durable([a.durable_hashes(), b.durable_hashes(), empty].into_iter())),
+            ViolationKind::CommittedLost
+        );
+        // A node may not rewrite at or below its own commit index.
+        let mut a2 = a;
+        assert_eq!(a2.take_dirty(), None, "the checker has seen all of it");
+        a2.truncate_after(1).unwrap();
+        a2.append(&[Entry {
+            index: 2,
+            term: 3,
+            data: b"d".to_vec(),
+        }])
+        .unwrap();
+        assert_eq!(
+            kind(c.check_log_change(0, &a2)),
+            ViolationKind::CommittedChanged
+        );
+    }
+
+    #[test]
+    fn a_later_leader_must_hold_entries_committed_in_earlier_terms() {
+        let mut c = Checker::new(vec![1, 2, 3]);
+        c.observe_commit(0, 2, 2, &log_of(&[(1, b"a"), (2, b"b")]))
+            .unwrap();
+        // A leader of term 2 itself need not (it is the one committing);
+        // a leader of term 3 must.
+        let short = log_of(&[(1, b"a")]);
+        c.check_new_leader(1, 2, &short).unwrap();
+        assert_eq!(
+            kind(c.check_new_leader(1, 3, &short)),
+            ViolationKind::LeaderCompleteness
+        );
+    }
+
+    #[test]
+    fn stale_reads_and_commands_applied_twice_are_caught() {
+        let mut c = Checker::new(vec![1, 2, 3]);
+        c.write_acked(5);
+        let floor = c.read_floor();
+        c.check_read(1, 1, 5, floor).unwrap();
+        assert_eq!(kind(c.check_read(2, 2, 4, floor)), ViolationKind::StaleRead);
+        c.check_command(1, 7, 42).unwrap();
+        c.check_command(2, 7, 42).unwrap();
+        assert_eq!(
+            kind(c.check_command(3, 8, 42)),
+            ViolationKind::AppliedDiverged
+        );
     }
 }

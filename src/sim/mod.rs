@@ -250,6 +250,8 @@ pub struct Failure {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub seed: u64,
+    /// Cluster size, PreVote and CheckQuorum of the run.
+    pub setup: (usize, bool, bool),
     /// Which [`FaultKind`]s the run saw.
     pub faults: [bool; FaultKind::COUNT],
     /// Ticks from the end of faults until a leader held the highest term.
@@ -348,6 +350,8 @@ pub struct Stats {
     pub seeds: u64,
     pub elapsed: Duration,
     pub fault_seeds: [u64; FaultKind::COUNT],
+    /// Seeds per (nodes, PreVote, CheckQuorum).
+    pub setups: std::collections::BTreeMap<(usize, bool, bool), u64>,
     /// Longest election after faults stopped, and its seed.
     pub longest_election: Option<(u64, u64)>,
     /// Longest time to a new write and read after faults stopped.
@@ -363,6 +367,7 @@ pub struct Stats {
 impl Stats {
     pub fn add(&mut self, o: Outcome) {
         self.seeds += 1;
+        *self.setups.entry(o.setup).or_default() += 1;
         for (count, seen) in self.fault_seeds.iter_mut().zip(o.faults) {
             *count += u64::from(seen);
         }
@@ -408,6 +413,15 @@ impl Stats {
                 "  {:<34} {:>6.1}%",
                 kind.name(),
                 100.0 * self.fault_seeds[kind as usize] as f64 / (self.seeds.max(1)) as f64
+            );
+        }
+        let _ = writeln!(out, "seeds per setup:");
+        for ((nodes, pre_vote, check_quorum), n) in &self.setups {
+            let _ = writeln!(
+                out,
+                "  {nodes} nodes, pre_vote {:<3}, check_quorum {:<3}: {n}",
+                if *pre_vote { "on" } else { "off" },
+                if *check_quorum { "on" } else { "off" }
             );
         }
         if let Some((t, seed)) = self.longest_election {

@@ -323,6 +323,11 @@ impl World {
         let result = self.run_inner();
         let mut outcome = Outcome {
             seed,
+            setup: (
+                self.params.nodes,
+                self.params.pre_vote,
+                self.params.check_quorum,
+            ),
             faults: self.faults,
             election_ticks: self.election_at.map(|t| (t - self.end_at).div_ceil(TICK)),
             progress_ticks: match (self.write_after_end, self.read_after_end) {
@@ -812,6 +817,7 @@ impl World {
                     )
                 })?;
                 let cmd = u64::from_le_bytes(bytes);
+                self.checker.check_command(id, e.index, cmd)?;
                 slot.machine.list.push(cmd);
                 Some(cmd)
             };
