@@ -31,7 +31,7 @@ fn seeds_to_catch(mutation: Mutation, limit: u64) -> Option<(u64, String)> {
                 assert!(report.contains(part), "report lacks {part:?}:\n{report}");
             }
             let events = report.lines().filter(|l| l.starts_with("  [")).count();
-            assert!((100..=200).contains(&events), "{events} trace lines");
+            assert!((1..=200).contains(&events), "{events} trace lines");
             return Some((seed + 1, format!("seed {seed}: {}", f.violation)));
         }
     }
