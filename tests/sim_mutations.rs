@@ -18,11 +18,15 @@ fn seeds_to_catch(mutation: Mutation, limit: u64) -> Option<(u64, String)> {
     for seed in 0..limit {
         let outcome = sim::run_seed(seed, &opts);
         if let Some(f) = &outcome.failure {
-            assert!(
-                f.violation.kind.is_safety(),
-                "{mutation:?} made seed {seed} fail outside the safety checks:\n{}",
-                outcome.report().unwrap_or_default()
-            );
+            if !f.violation.kind.is_safety() {
+                // A broken rule may also stall the cluster; what counts is
+                // that a safety check names it.
+                println!(
+                    "{mutation:?}: seed {seed} failed {:?}, not a safety check; searching on",
+                    f.violation.kind
+                );
+                continue;
+            }
             // The report a developer gets: the failure, the recent events,
             // the node states and the exact replay command.
             let report = outcome.report().unwrap_or_default();

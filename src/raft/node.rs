@@ -4,7 +4,7 @@
 //! role. Each role is a type carrying only what that role needs: a
 //! [`Follower`] knows its leader, a [`Candidate`] (also used for the
 //! pre-vote phase) counts votes, a [`Leader`] tracks per-follower
-//! [`Progress`] and pending reads. Changing role builds the next role from
+//! `Progress` and pending reads. Changing role builds the next role from
 //! scratch, so nothing a leader tracked survives its leadership.
 //!
 //! Invariants the node keeps:

@@ -134,9 +134,10 @@ impl Params {
             check_quorum: rng.chance(0.5),
             heartbeat_ticks: rng.between(1, 3) as u32,
             election_ticks_min,
-            // A narrow range provokes split votes and repeated candidacies.
+            // A narrow range (two to four distinct timeouts) provokes split
+            // votes and repeated candidacies.
             election_ticks_max: if rng.chance(0.3) {
-                election_ticks_min + rng.between(1, 3) as u32
+                election_ticks_min + rng.between(2, 4) as u32
             } else {
                 election_ticks_min * 2
             },
