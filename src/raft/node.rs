@@ -22,6 +22,11 @@
 //!   candidate's next term and change nothing) and granted pre-vote answers
 //!   (which echo that next term). A vote request arriving while this node
 //!   still hears from a live leader (its lease) is ignored entirely.
+//! - **The election timer restarts only for a leader or a granted vote**: an
+//!   append from the leader of the current term, a vote this node grants, or
+//!   a (pre-)election it starts itself. Merely learning of a newer term does
+//!   not restart it, so a node too stale to win cannot keep the others from
+//!   ever timing out.
 //! - **Commitment** advances only to an index replicated on a quorum whose
 //!   entry is from the current term; the leader counts itself only up to its
 //!   durably synced index. Committed entries are never truncated.
