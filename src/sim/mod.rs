@@ -111,6 +111,9 @@ pub struct Params {
     pub flush_chance: f64,
     /// Chance that a new leader crashes within a few ticks of taking office.
     pub new_leader_crash: f64,
+    /// Longest wait, in tenths of a tick, between an input and the ready
+    /// cycle that handles it (inputs arriving meanwhile share the cycle).
+    pub max_batch_delay: u64,
 }
 
 impl Params {
@@ -158,6 +161,7 @@ impl Params {
                 0.0
             },
             flush_chance: [0.0, 0.1, 0.5][rng.between(0, 2) as usize],
+            max_batch_delay: if rng.chance(0.5) { 3 } else { 15 },
         }
     }
 
@@ -181,7 +185,7 @@ impl Params {
             }
         }
         format!(
-            "{} nodes, pre_vote={}, check_quorum={}, heartbeat {} ticks, election {}..{} ticks, max_inflight {}, max_append_bytes {}, tick periods {:?} (in tenths of a tick), {} clients, faults for {} ticks: [{}], new leader crash chance {}, state machine flush chance {}",
+            "{} nodes, pre_vote={}, check_quorum={}, heartbeat {} ticks, election {}..{} ticks, max_inflight {}, max_append_bytes {}, tick periods {:?} (in tenths of a tick), {} clients, faults for {} ticks: [{}], new leader crash chance {}, state machine flush chance {}, ready cycles batch inputs for up to {} tenths of a tick",
             self.nodes,
             self.pre_vote,
             self.check_quorum,
@@ -195,7 +199,8 @@ impl Params {
             self.fault_ticks,
             faults.join(", "),
             self.new_leader_crash,
-            self.flush_chance
+            self.flush_chance,
+            self.max_batch_delay
         )
     }
 }

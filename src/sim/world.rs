@@ -571,7 +571,7 @@ impl World {
         let delay = if self.rng.chance(0.5) {
             0
         } else {
-            self.rng.between(1, 3)
+            self.rng.between(1, self.params.max_batch_delay)
         };
         self.schedule(delay, Event::Ready { node: i, epoch });
     }
