@@ -23,6 +23,7 @@ pub mod network;
 pub mod raft;
 pub mod server;
 pub mod shell;
+pub mod sim;
 pub mod storage;
 pub mod timing;
 

@@ -39,6 +39,8 @@ struct Cluster {
     failed_reads: BTreeMap<NodeId, Vec<u64>>,
     /// Messages delivered so far (for counting round trips).
     delivered: Vec<Envelope>,
+    /// Adjusts every node's configuration (PreVote, CheckQuorum, limits).
+    tweak: fn(&mut Config),
 }
 
 fn config(id: NodeId, ids: &[NodeId]) -> Config {
@@ -52,6 +54,11 @@ fn config(id: NodeId, ids: &[NodeId]) -> Config {
 
 impl Cluster {
     fn new(n: u64) -> Self {
+        Self::with(n, |_| {})
+    }
+
+    /// A cluster whose node configurations pass through `tweak`.
+    fn with(n: u64, tweak: fn(&mut Config)) -> Self {
         let ids: Vec<NodeId> = (1..=n).collect();
         let mut c = Cluster {
             ids: ids.clone(),
@@ -64,6 +71,7 @@ impl Cluster {
             reads: BTreeMap::new(),
             failed_reads: BTreeMap::new(),
             delivered: Vec::new(),
+            tweak,
         };
         for &id in &ids {
             c.logs.insert(id, MemoryLog::new());
@@ -78,7 +86,8 @@ impl Cluster {
 
     /// (Re)starts node `id` from its storage.
     fn start(&mut self, id: NodeId) {
-        let cfg = config(id, &self.ids);
+        let mut cfg = config(id, &self.ids);
+        (self.tweak)(&mut cfg);
         let node =
             Node::new(cfg, self.logs[&id].clone(), self.states[&id].clone()).expect("node starts");
         self.nodes.insert(id, Some(node));
@@ -279,6 +288,95 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Delivers messages one at a time until the next one matches `stop`,
+    /// which is taken off the network undelivered and returned.
+    fn deliver_until_next(&mut self, stop: impl Fn(&Envelope) -> bool) -> Option<Envelope> {
+        self.process_all();
+        let mut budget = 100_000;
+        while let Some(env) = self.network.front() {
+            if stop(env) {
+                return self.network.pop_front();
+            }
+            self.deliver_one();
+            budget -= 1;
+            assert!(budget > 0, "the network never went quiet");
+        }
+        None
+    }
+
+    /// Delivers messages one at a time until `done` holds; false if the
+    /// network went quiet first.
+    fn deliver_until(&mut self, done: impl Fn(&Cluster) -> bool) -> bool {
+        self.process_all();
+        while !done(self) {
+            if !self.deliver_one() {
+                return done(self);
+            }
+        }
+        true
+    }
+
+    /// Lets the lease of followers `ids` on their old leader run out: each
+    /// sees an election timeout's worth of ticks without hearing from a
+    /// leader. Whatever they send meanwhile (a pre-vote, at most) is
+    /// dropped, so no term changes.
+    fn age(&mut self, ids: &[NodeId]) {
+        for &id in ids {
+            let ticks = self.node(id).config().election_ticks_min;
+            self.tick(id, ticks);
+        }
+        self.network.retain(|e| !ids.contains(&e.from));
+    }
+
+    /// Ticks `id` alone, delivering messages after each tick, until it
+    /// leads (what it sends as the new leader stays on the network); panics
+    /// after `max_ticks`.
+    fn elect_eventually(&mut self, id: NodeId, max_ticks: u32) {
+        for _ in 0..max_ticks {
+            self.tick(id, 1);
+            if self.deliver_until(|c| c.role(id) == Role::Leader) {
+                return;
+            }
+        }
+        let states: Vec<String> = self
+            .ids
+            .iter()
+            .map(|&n| match &self.nodes[&n] {
+                Some(node) => format!("n{n}: {:?} {:?}", node.status(), node.hard_state()),
+                None => format!("n{n}: down"),
+            })
+            .collect();
+        panic!("node {id} did not become leader in {max_ticks} ticks: {states:#?}");
+    }
+
+    /// Cuts the links from `from` to each of `to`, one way.
+    fn cut_one_way(&mut self, from: NodeId, to: &[NodeId]) {
+        for &t in to {
+            self.cut.insert((from, t));
+        }
+    }
+
+    /// Whether any node ever applied an entry carrying `data`.
+    fn anyone_applied(&self, data: &[u8]) -> bool {
+        self.applied
+            .values()
+            .any(|entries| entries.iter().any(|e| e.data == data))
+    }
+
+    fn last_index(&self, id: NodeId) -> LogIndex {
+        self.logs[&id].all_entries().len() as LogIndex
+    }
+}
+
+/// An append from `from` to `to` carrying the entry at `index`.
+fn is_append_of(env: &Envelope, from: NodeId, to: NodeId, index: LogIndex) -> bool {
+    env.from == from
+        && env.to == to
+        && matches!(&env.msg, Message::AppendEntries { entries, .. }
+            if entries.iter().any(|e| e.index == index))
+}
+
 // ---- Elections -------------------------------------------------------------
 
 #[test]
@@ -388,4 +486,359 @@ fn single_node_cluster_elects_itself_and_commits_on_its_own_sync() {
     c.node_mut(1).read_index(9).unwrap();
     c.process(1);
     assert_eq!(c.reads[&1], vec![ReadState { id: 9, index: i }]);
+}
+
+// ---- Figure 8 of the Raft paper --------------------------------------------
+//
+// A leader may not decide that an entry from an older term is committed just
+// because a majority holds it: a node holding a conflicting entry of a later
+// term could still win an election and overwrite it. Only once an entry of
+// the leader's own term is on a majority is everything before it committed.
+//
+// The setup reproduces the paper's steps (a)-(c) in a five-node cluster
+// whose appends carry a single entry each:
+//
+// (a) n1 leads term 1 and replicates entry 2 ("a") to n2 only.
+// (b) n1 crashes; n5 is elected at term 2 by n3 and n4 and appends its no-op
+//     at index 2, then crashes before sending it anywhere.
+// (c) n1 restarts and is elected at term 3 or later. Entry 2 reaches n3, so
+//     n1, n2 and n3 (a majority) hold it; n1's own no-op at index 3 reaches
+//     only n2, and n1 knows all of this.
+
+fn figure8_config(c: &mut Config) {
+    c.max_append_bytes = 1;
+}
+
+/// Runs steps (a)-(c); returns the cluster and n1's no-op append to n3,
+/// held back undelivered.
+fn figure8_setup() -> (Cluster, Envelope) {
+    let mut c = Cluster::with(5, figure8_config);
+    c.elect(1);
+
+    // (a) Only n2 hears of entry 2.
+    c.partition(&[1, 2], &[3, 4, 5]);
+    assert_eq!(c.propose(1, b"a"), 2);
+    c.deliver_all();
+    assert_eq!(c.log_terms(2), vec![1, 1], "n2 holds entry 2");
+    assert_eq!(c.commit(1), 1, "two of five nodes are no majority");
+
+    // (b) n5 wins term 2 with n3 and n4 (n2's log is ahead of n5's), appends
+    // its no-op, and crashes before anyone sees it.
+    c.crash(1);
+    c.heal();
+    c.age(&[2, 3, 4]);
+    c.elect_eventually(5, 100);
+    assert_eq!(c.term(5), 2);
+    c.drop_in_flight();
+    c.crash(5);
+    assert_eq!(
+        c.log_terms(5),
+        vec![1, 2],
+        "n5's no-op at index 2 is durable"
+    );
+
+    // (c) n1 returns and wins a later term (n5's voters have not heard from
+    // n5, so they are free to vote again).
+    c.start(1);
+    c.elect_eventually(1, 100);
+    c.drop_in_flight();
+    let term = c.term(1);
+    assert!(term >= 3, "n1 leads term {term}");
+    assert_eq!(c.log_terms(1), vec![1, 1, term], "n1's no-op is at index 3");
+    // n1 reaches only n2 and n3. Its probes carry the no-op: n2 takes it,
+    // n3 lacks entry 2 and refuses; n1 sends entry 2 to n3 alone, then the
+    // no-op, which is held back.
+    c.cut_one_way(1, &[4, 5]);
+    c.heartbeat_no_deliver(1);
+    let noops_to_n3 = std::cell::Cell::new(0);
+    let noop = c
+        .deliver_until_next(|e| {
+            if is_append_of(e, 1, 3, 3) {
+                noops_to_n3.set(noops_to_n3.get() + 1);
+            }
+            noops_to_n3.get() == 2
+        })
+        .expect("n1 sends its no-op to n3 again once entry 2 matched");
+    assert_eq!(c.log_terms(2), vec![1, 1, term], "n2 holds the no-op");
+    assert_eq!(c.log_terms(3), vec![1, 1], "n3 holds entry 2 from term 1");
+    assert!(
+        c.commit(1) < 2,
+        "entry 2 is on a majority (n1, n2, n3) but from an older term, and the no-op is on only two nodes: n1 must not count entry 2 as committed (commit {})",
+        c.commit(1)
+    );
+    (c, noop)
+}
+
+impl Cluster {
+    /// One heartbeat tick of leader `id`, without delivering anything.
+    fn heartbeat_no_deliver(&mut self, id: NodeId) {
+        self.tick(id, 1);
+    }
+}
+
+#[test]
+fn figure8_old_term_entry_on_a_majority_is_not_committed() {
+    let (mut c, _noop) = figure8_setup();
+
+    // (d) n1 crashes before its no-op spreads further. n5 returns: its last
+    // entry (index 2, term 2) is more up to date than n3's and n4's, so it
+    // wins with them (n2, holding n1's no-op, refuses) and overwrites entry
+    // 2 everywhere.
+    c.crash(1);
+    c.heal();
+    c.start(5);
+    c.age(&[2, 3, 4]);
+    c.elect_eventually(5, 200);
+    c.deliver_all();
+    c.heartbeat(5);
+    c.heartbeat(5);
+    for id in [2, 3, 4, 5] {
+        assert_eq!(
+            c.log_terms(id)[..2],
+            [1, 2],
+            "n{id} holds n5's entry 2 from term 2"
+        );
+    }
+    // That is safe only because "a" was never committed: nobody applied it.
+    assert!(!c.anyone_applied(b"a"));
+    c.start(1);
+    c.heartbeat(5);
+    c.heartbeat(5);
+    assert_eq!(
+        c.log_terms(1)[..2],
+        [1, 2],
+        "n1's copy of \"a\" is replaced"
+    );
+    assert!(!c.anyone_applied(b"a"));
+}
+
+#[test]
+fn figure8_own_term_entry_on_a_majority_commits_the_older_one() {
+    let (mut c, noop) = figure8_setup();
+
+    // (e) Instead, n1's no-op reaches n3: an entry of n1's own term is on a
+    // majority (n1, n2, n3), which commits it and entry 2 before it.
+    c.network.push_front(noop);
+    c.deliver_all();
+    assert_eq!(c.commit(1), 3, "the no-op commits, and entry 2 with it");
+    c.heal();
+    c.heartbeat(1);
+    assert!(c.anyone_applied(b"a"));
+
+    // Now n5 can never win: every other node holds a more up-to-date log.
+    c.crash(1);
+    c.start(5);
+    c.age(&[2, 3, 4]);
+    for _ in 0..200 {
+        c.tick(5, 1);
+        c.deliver_all();
+        assert_ne!(c.role(5), Role::Leader, "n5 lacks committed entries");
+    }
+    // Another node takes over and keeps "a"; n5's entry 2 is overwritten.
+    c.elect_eventually(2, 200);
+    c.deliver_all();
+    c.heartbeat(2);
+    c.heartbeat(2);
+    for id in [2, 3, 4, 5] {
+        assert_eq!(
+            c.log_terms(id)[..2],
+            [1, 1],
+            "n{id} keeps entry 2 from term 1"
+        );
+        assert_eq!(c.applied_data(id)[0], b"a".to_vec(), "n{id} applied \"a\"");
+    }
+}
+
+// ---- A partitioned leader ------------------------------------------------------
+//
+// n1 leads a five-node cluster, then finds itself on the minority side of a
+// partition with n2. What it accepts there never commits, its reads are
+// never served, and with CheckQuorum it steps down; the majority elects n3
+// and carries on. When the partition heals, n1 and n2 drop their
+// uncommitted entry and take the majority's.
+
+#[test]
+fn a_partitioned_leader_commits_nothing_and_the_majority_carries_on() {
+    let mut c = Cluster::new(5);
+    c.elect(1);
+    c.propose(1, b"before");
+    c.deliver_all();
+    c.heartbeat(1);
+
+    c.partition(&[1, 2], &[3, 4, 5]);
+    let lost = c.propose(1, b"lost");
+    c.node_mut(1).read_index(7).unwrap();
+    c.deliver_all();
+    c.heartbeat(1);
+    assert!(c.commit(1) < lost, "two of five nodes cannot commit");
+    assert!(c.reads[&1].is_empty(), "no quorum confirms n1's leadership");
+
+    // The majority side elects n3, which commits a new entry.
+    c.age(&[4, 5]);
+    c.elect_eventually(3, 100);
+    let term = c.term(3);
+    assert!(term > c.term(1), "the new leader's term is newer");
+    c.deliver_all();
+    let won = c.propose(3, b"won");
+    assert_eq!(won, lost + 1, "after n3's own no-op at the index n1 used");
+    c.deliver_all();
+    c.heartbeat(3);
+    assert_eq!(c.commit(3), won);
+
+    // Meanwhile n1 keeps ticking; hearing from only n2 it steps down, and
+    // the read it held fails instead of being served stale.
+    let limit = 3 * c.node(1).config().election_ticks_min;
+    for _ in 0..limit {
+        c.tick(1, 1);
+        c.deliver_all();
+    }
+    assert_ne!(c.role(1), Role::Leader, "CheckQuorum deposes n1");
+    assert_eq!(c.failed_reads[&1], vec![7]);
+    assert!(c.reads[&1].is_empty());
+
+    // Heal: n1 and n2 learn the new term and replace "lost" with "won".
+    c.heal();
+    c.heartbeat(3);
+    c.heartbeat(3);
+    for id in 1..=5 {
+        assert_eq!(
+            c.applied_data(id),
+            vec![b"before".to_vec(), b"won".to_vec()],
+            "n{id}"
+        );
+        assert_eq!(c.term(id), term, "n{id} follows term {term}");
+    }
+    assert!(!c.anyone_applied(b"lost"));
+}
+
+// ---- A rejoining node with a longer but stale log ------------------------------
+//
+// n1 leads, is cut off alone, and keeps accepting proposals: its log grows
+// past everyone else's, all of it from the old term. Without PreVote it
+// also keeps starting elections, so it rejoins with a higher term than the
+// new leader's. Its higher term forces a new election, but its log is
+// stale (its last term is older), so it cannot win; a node with the
+// committed entries wins and n1's extra entries are thrown away.
+
+fn no_pre_vote(c: &mut Config) {
+    c.pre_vote = false;
+}
+
+#[test]
+fn a_rejoining_node_with_a_longer_stale_log_cannot_win() {
+    let mut c = Cluster::with(3, no_pre_vote);
+    c.elect(1);
+    c.propose(1, b"a");
+    c.deliver_all();
+    c.heartbeat(1);
+
+    c.partition(&[1], &[2, 3]);
+    for x in [b"x1", b"x2", b"x3", b"x4"] {
+        c.propose(1, x);
+    }
+    c.deliver_all();
+    c.age(&[3]);
+    c.elect_eventually(2, 100);
+    c.deliver_all();
+    c.propose(2, b"b");
+    c.deliver_all();
+    c.heartbeat(2);
+    assert_eq!(c.applied_data(2), vec![b"a".to_vec(), b"b".to_vec()]);
+
+    // n1, alone, steps down (CheckQuorum) and campaigns again and again.
+    for _ in 0..100 {
+        c.tick(1, 1);
+        c.deliver_all();
+    }
+    assert!(
+        c.last_index(1) > c.last_index(2),
+        "n1's log is longer ({} > {})",
+        c.last_index(1),
+        c.last_index(2)
+    );
+    assert!(c.term(1) > c.term(2), "n1's term is higher");
+
+    // Heal and let the whole cluster run: n1 never leads, and everyone ends
+    // up with the committed entries only.
+    c.heal();
+    let mut settled = false;
+    for _ in 0..300 {
+        c.tick_all();
+        c.deliver_all();
+        assert!(!c.leaders().contains(&1), "n1's stale log must not win");
+        let leaders = c.leaders();
+        if leaders.len() == 1
+            && (1..=3).all(|id| c.applied_data(id).len() >= 2 && c.term(id) == c.term(leaders[0]))
+        {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "the cluster settles on a leader after healing");
+    for id in 1..=3 {
+        assert_eq!(
+            c.applied_data(id)[..2],
+            [b"a".to_vec(), b"b".to_vec()],
+            "n{id}"
+        );
+    }
+    for x in [b"x1", b"x2", b"x3", b"x4"] {
+        assert!(!c.anyone_applied(x), "n1's uncommitted entries are dropped");
+    }
+}
+
+// ---- A stale node's vote requests must not hold elections back -----------------
+//
+// Regression test. Without PreVote, a node whose log is too stale to win
+// keeps timing out first (its clock runs fast) and asks for votes at ever
+// higher terms. Each request makes the up-to-date node adopt the higher
+// term; it used to restart its election timer as well, so it never timed
+// out and the cluster stayed leaderless. Rejected vote requests must leave
+// the timer alone: the up-to-date node times out, and wins.
+
+fn no_pre_vote_no_check_quorum(c: &mut Config) {
+    c.pre_vote = false;
+    c.check_quorum = false;
+}
+
+#[test]
+fn a_stale_node_campaigning_fast_does_not_keep_the_cluster_leaderless() {
+    let mut c = Cluster::with(3, no_pre_vote_no_check_quorum);
+    c.elect(1);
+    c.partition(&[3], &[1, 2]);
+    for x in [b"p", b"q", b"r"] {
+        c.propose(1, x);
+    }
+    c.deliver_all();
+    c.heartbeat(1);
+    assert!(c.commit(2) > c.last_index(3), "n3 misses committed entries");
+
+    // The leader dies; n3 rejoins; n3's clock runs three times as fast as n2's.
+    c.crash(1);
+    c.heal();
+    let mut rounds = 0;
+    while c.role(2) != Role::Leader {
+        rounds += 1;
+        assert!(
+            rounds <= 100,
+            "no leader after 100 of n2's ticks (n2 term {}, n3 term {})",
+            c.term(2),
+            c.term(3)
+        );
+        c.tick(3, 3);
+        c.deliver_all();
+        c.tick(2, 1);
+        c.deliver_all();
+        assert_ne!(c.role(3), Role::Leader, "n3's log is stale");
+    }
+    assert!(
+        c.term(3) > 2,
+        "n3 did campaign meanwhile (term {})",
+        c.term(3)
+    );
+    c.heartbeat(2);
+    assert_eq!(
+        c.applied_data(3),
+        vec![b"p".to_vec(), b"q".to_vec(), b"r".to_vec()]
+    );
 }

@@ -21,7 +21,7 @@ mod log;
 pub mod message;
 pub mod node;
 mod progress;
-mod rng;
+pub(crate) mod rng;
 
 pub use message::Message;
 pub use node::Node;

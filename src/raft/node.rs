@@ -4,7 +4,7 @@
 //! role. Each role is a type carrying only what that role needs: a
 //! [`Follower`] knows its leader, a [`Candidate`] (also used for the
 //! pre-vote phase) counts votes, a [`Leader`] tracks per-follower
-//! [`Progress`] and pending reads. Changing role builds the next role from
+//! `Progress` and pending reads. Changing role builds the next role from
 //! scratch, so nothing a leader tracked survives its leadership.
 //!
 //! Invariants the node keeps:
@@ -22,6 +22,11 @@
 //!   candidate's next term and change nothing) and granted pre-vote answers
 //!   (which echo that next term). A vote request arriving while this node
 //!   still hears from a live leader (its lease) is ignored entirely.
+//! - **The election timer restarts only for a leader or a granted vote**: an
+//!   append from the leader of the current term, a vote this node grants, or
+//!   a (pre-)election it starts itself. Merely learning of a newer term does
+//!   not restart it, so a node too stale to win cannot keep the others from
+//!   ever timing out.
 //! - **Commitment** advances only to an index replicated on a quorum whose
 //!   entry is from the current term; the leader counts itself only up to its
 //!   durably synced index. Committed entries are never truncated.
@@ -246,7 +251,12 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                     return Ok(());
                 }
                 Message::AppendEntries { .. } => self.become_follower(msg_term, Some(from))?,
-                _ => self.become_follower(msg_term, None)?,
+                // Any other message only reveals a newer term: adopt it, but
+                // keep the election timer running. Only a leader's append or
+                // a granted vote may push the next election back; otherwise
+                // a node whose log is too stale to win could keep every
+                // other node from ever timing out.
+                _ => self.step_down(msg_term)?,
             }
         } else if msg_term < self.term {
             return self.step_stale(from, msg);
@@ -561,8 +571,25 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
 
     // ---- Role transitions ------------------------------------------------
 
-    /// Becomes a follower at `term` (saving it if it is new, with no vote).
+    /// Becomes a follower at `term` (saving it if it is new, with no vote)
+    /// and restarts the election timer.
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) -> Result<()> {
+        self.enter_follower(term, leader)?;
+        self.reset_election_timer();
+        Ok(())
+    }
+
+    /// Becomes a leaderless follower at the newer `term` without touching
+    /// the election timer: a node that only learned of a newer term keeps
+    /// counting towards its own election.
+    fn step_down(&mut self, term: Term) -> Result<()> {
+        self.enter_follower(term, None)?;
+        // A former leader's elapsed count stopped when it took office; the
+        // timeout it drew then still stands.
+        Ok(())
+    }
+
+    fn enter_follower(&mut self, term: Term, leader: Option<NodeId>) -> Result<()> {
         if term > self.term {
             self.save_hard_state(term, None)?;
         }
@@ -572,7 +599,6 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                 .failed_reads
                 .extend(l.pending_reads.into_iter().map(|r| r.id));
         }
-        self.reset_election_timer();
         debug!(
             "node {} becomes follower at term {term} (leader {leader:?})",
             self.id
