@@ -20,6 +20,7 @@ pub mod bench;
 pub mod error;
 pub mod kv;
 pub mod network;
+pub mod process;
 pub mod raft;
 pub mod server;
 pub mod shell;

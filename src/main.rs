@@ -442,30 +442,9 @@ struct LocalCluster {
 
 impl LocalCluster {
     fn stop(&mut self) {
-        for (_, child) in &self.children {
-            // SAFETY: kill(2) with a pid of a child this process started.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
+        for id in kvapp_c::process::stop_nodes(&mut self.children, Duration::from_secs(10)) {
+            eprintln!("node {id} did not stop in time; killed it");
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (id, child) in &mut self.children {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        eprintln!("node {id} did not stop in time; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        self.children.clear();
     }
 
     /// The first child that has exited, if any.

@@ -137,32 +137,7 @@ impl LocalCluster {
     /// Stops every node: SIGTERM, then SIGKILL for any still running after
     /// ten seconds.
     pub fn stop(&mut self) {
-        for (_, child) in &self.children {
-            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-                // SAFETY: kill(2) on the pid of a child this process started
-                // and has not yet reaped.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, child) in &mut self.children {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        self.children.clear();
+        crate::process::stop_nodes(&mut self.children, Duration::from_secs(10));
     }
 }
 

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::raft::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// The mix of operations the clients run.
@@ -88,26 +89,20 @@ pub fn key_name(index: u64) -> String {
     format!("key-{index:08}")
 }
 
-/// A small, fast, seedable generator (SplitMix64). Each client has its own,
-/// so clients never contend on a shared generator.
+/// A small, fast, seedable generator: the Raft core's SplitMix64. Each
+/// client has its own, so clients never contend on a shared generator.
 #[derive(Debug, Clone)]
-pub struct Rng {
-    state: u64,
-}
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator whose sequence is fixed by `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
+        Rng(SplitMix64::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `0..n`, uniform up to a bias below 2^-32 for any `n` a
