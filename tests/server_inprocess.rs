@@ -262,6 +262,16 @@ fn writes_survive_a_restart_of_every_node() {
     }
 }
 
+/// A plain TCP connection to the leader's client port (30 s read timeout).
+fn raw_connection_to_leader(c: &Cluster) -> std::net::TcpStream {
+    let leader = c.wait_for_leader(None);
+    let stream = std::net::TcpStream::connect(c.node(leader).client_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+}
+
 /// Sends a request frame on a raw connection.
 fn send_request(stream: &mut std::net::TcpStream, request: &Request) {
     use std::io::Write;
@@ -282,11 +292,7 @@ fn read_response(reader: &mut impl std::io::Read) -> Response {
 #[test]
 fn requests_sent_ahead_on_one_connection_are_answered_in_order() {
     let c = Cluster::start(3);
-    let leader = c.wait_for_leader(None);
-    let mut stream = std::net::TcpStream::connect(c.node(leader).client_addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut stream = raw_connection_to_leader(&c);
     let put = |seq: u64, value: &str| Request::Write {
         client_id: 42,
         seq,
@@ -351,11 +357,7 @@ fn a_client_that_never_reads_does_not_stall_the_node() {
 #[test]
 fn a_client_that_half_closes_gets_its_answers() {
     let c = Cluster::start(3);
-    let leader = c.wait_for_leader(None);
-    let mut stream = std::net::TcpStream::connect(c.node(leader).client_addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut stream = raw_connection_to_leader(&c);
     send_request(
         &mut stream,
         &Request::Write {
