@@ -115,9 +115,12 @@ impl TimingConfig {
                 "event loop delay ({tick} ms) must not exceed the heartbeat interval ({hb} ms)"
             )));
         }
-        if self.election_ticks_max() <= self.election_ticks_min() {
+        // Timeouts are drawn from min..max ticks (max excluded); with fewer
+        // than two values to draw, candidates that collide keep colliding.
+        if self.election_ticks_max() < self.election_ticks_min() + 2 {
             return Err(Error::Config(format!(
-                "election timeout range {min}-{max} ms is narrower than one tick ({tick} ms)"
+                "election timeout range {min}-{max} ms must span at least two ticks ({tick} ms \
+                 each), so that candidates draw different timeouts"
             )));
         }
         if self.election_ticks_min() <= self.heartbeat_ticks() {
@@ -230,6 +233,17 @@ mod tests {
         let mut t = TimingConfig::preset(TimingMode::Fast);
         t.event_loop_delay_ms = 100;
         assert!(t.validate().is_err());
+
+        // 150-160 ms at 10 ms ticks leaves one possible timeout (15 ticks).
+        let mut t = TimingConfig::preset(TimingMode::Fast);
+        t.election_timeout_max_ms = 160;
+        let msg = t.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("150-160 ms") && msg.contains("two ticks"),
+            "{msg}"
+        );
+        t.election_timeout_max_ms = 170;
+        t.validate().unwrap();
 
         assert!("slow".parse::<TimingMode>().is_err());
     }
