@@ -545,19 +545,25 @@ fn run_local(args: LocalArgs) -> Result<()> {
     if args.no_repl {
         println!("running until interrupted (Ctrl-C)");
         let _ = std::io::stdout().flush();
+        let mut died = None;
         loop {
             match signal_rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(id) = local.exited() {
-                        eprintln!(
-                            "node {id} exited; see {}",
-                            args.data_dir.join(format!("node-{id}.log")).display()
-                        );
+                        died = Some(id);
                         break;
                     }
                 }
             }
+        }
+        if let Some(id) = died {
+            println!("stopping the nodes");
+            local.stop();
+            return Err(Error::Failed(format!(
+                "node {id} exited; see {}",
+                args.data_dir.join(format!("node-{id}.log")).display()
+            )));
         }
     } else {
         // The shell blocks reading its input, so a watcher thread answers

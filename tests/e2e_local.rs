@@ -339,3 +339,33 @@ fn local_on_a_terminal_shows_the_shell_and_a_signal_restores_the_terminal() {
     assert!(text.contains("kvapp> "), "{text:?}");
     assert!(text.contains("stopping the nodes"), "{text:?}");
 }
+
+/// When one of its nodes dies, `local --no-repl` says which, stops the
+/// others and exits with status 1.
+#[test]
+fn local_reports_a_node_that_died_and_stops_the_rest() {
+    let base = common::free_ports(NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cluster");
+    let mut local = start_local(base, &data, dir.path(), &["--no-repl"], false);
+    wait_ready(&mut local, dir.path());
+    let children = server_children(&local);
+    assert_eq!(children.len(), NODES as usize, "{children:?}");
+    let victim = children[1];
+    let victim_id = cmdline(victim)
+        .split_whitespace()
+        .skip_while(|w| *w != "--node-id")
+        .nth(1)
+        .expect("the node's --node-id")
+        .to_string();
+    signal(victim, libc::SIGKILL);
+    let pid = local.pid();
+    let status =
+        wait_exit(&mut local.child, Duration::from_secs(60)).expect("local exits when a node dies");
+    assert_eq!(status.code(), Some(1), "{}", read(dir.path(), "local.err"));
+    let err = read(dir.path(), "local.err");
+    assert!(err.contains(&format!("node {victim_id} exited")), "{err}");
+    wait_for("local's other nodes to be gone", RECOVERY_DEADLINE, || {
+        group_members(pid).is_empty().then_some(())
+    });
+}
