@@ -44,6 +44,9 @@ const FLUSH_EVERY: u64 = 50_000;
 /// Most inputs handled before the loop runs Raft's ready cycle once.
 const MAX_INPUTS_PER_BATCH: usize = 4096;
 
+/// Default of [`ServerBuilder::client_frame_timeout`].
+pub const DEFAULT_CLIENT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The address of a node's client port given its Raft address: port + 1000.
 pub fn default_client_addr(raft_addr: SocketAddr) -> Result<SocketAddr> {
     let port = raft_addr.port().checked_add(1000).ok_or_else(|| {
@@ -84,6 +87,7 @@ impl Server {
             transport: None,
             keep: Vec::new(),
             seed: None,
+            client_frame_timeout: DEFAULT_CLIENT_FRAME_TIMEOUT,
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct ServerBuilder {
     transport: Option<Box<dyn Transport>>,
     keep: Vec<Box<dyn Send>>,
     seed: Option<u64>,
+    client_frame_timeout: Duration,
 }
 
 impl ServerBuilder {
@@ -143,6 +148,14 @@ impl ServerBuilder {
         self
     }
 
+    /// How long a client connection may hold part of a request before the
+    /// node closes it (default 30 s): a client that stalls mid-request does
+    /// not keep a connection slot forever.
+    pub fn client_frame_timeout(mut self, timeout: Duration) -> Self {
+        self.client_frame_timeout = timeout;
+        self
+    }
+
     /// Seed of the node's random election timeouts (default: from the clock).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -163,6 +176,7 @@ impl ServerBuilder {
             transport,
             keep,
             seed,
+            client_frame_timeout,
         } = self;
         timing.validate()?;
         if id == 0 || id as usize > cluster.len() {
@@ -211,7 +225,8 @@ impl ServerBuilder {
         }));
         let stopping = Arc::new(AtomicBool::new(false));
 
-        let (reader, reader_waker) = ClientReader::new(listener, tx.clone(), stopping.clone())?;
+        let (reader, reader_waker) =
+            ClientReader::new(listener, tx.clone(), stopping.clone(), client_frame_timeout)?;
         let listener_thread = thread::Builder::new()
             .name(format!("client-reader-{id}"))
             .spawn(move || reader.run())

@@ -25,10 +25,15 @@ struct Cluster {
     members: Vec<SocketAddr>,
     storage: Vec<Storage>,
     nodes: Vec<Option<ServerHandle>>,
+    frame_timeout: Duration,
 }
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Cluster::start_with_frame_timeout(n, kvapp_c::server::DEFAULT_CLIENT_FRAME_TIMEOUT)
+    }
+
+    fn start_with_frame_timeout(n: usize, frame_timeout: Duration) -> Cluster {
         let network = MemoryNetwork::new();
         // Raft addresses are names only here: the memory network carries
         // peer traffic.
@@ -47,6 +52,7 @@ impl Cluster {
             members,
             storage,
             nodes: (0..n).map(|_| None).collect(),
+            frame_timeout,
         };
         for id in 1..=n as NodeId {
             c.start_node(id);
@@ -62,6 +68,7 @@ impl Cluster {
             .storage(s.log.clone(), s.state.clone(), s.kv.clone())
             .transport(self.network.transport(id))
             .seed(id * 7919)
+            .client_frame_timeout(self.frame_timeout)
             .start()
             .expect("server starts");
         self.nodes[id as usize - 1] = Some(handle);
@@ -388,4 +395,39 @@ fn a_client_that_half_closes_gets_its_answers() {
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
     assert!(rest.is_empty());
+}
+
+/// A connection that sends part of a request and then nothing is closed
+/// after the frame timeout; one that finishes its request in time is served.
+#[test]
+fn a_connection_stuck_inside_a_request_is_closed() {
+    use std::io::{Read, Write};
+    let c = Cluster::start_with_frame_timeout(3, Duration::from_secs(2));
+    let mut request = Vec::new();
+    frame::write_frame(
+        &mut request,
+        &frame::encode(&Request::Read {
+            query: Query::Get { key: b"k".to_vec() },
+        }),
+    )
+    .unwrap();
+
+    let mut stuck = raw_connection_to_leader(&c);
+    stuck.write_all(&request[..5]).unwrap();
+    let mut buf = [0u8; 64];
+    match stuck.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the stuck connection was not closed: {other:?}"),
+    }
+
+    let mut slow = raw_connection_to_leader(&c);
+    slow.write_all(&request[..5]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    slow.write_all(&request[5..]).unwrap();
+    let mut reader = std::io::BufReader::new(slow);
+    assert_eq!(
+        read_response(&mut reader),
+        Response::Outcome(Outcome::Value(None))
+    );
 }

@@ -22,6 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
 
 use super::Input;
 use crate::kv::protocol::{Request, Response};
@@ -188,6 +189,8 @@ struct ReadSide {
     reading: bool,
     /// The client closed its sending side; what it sent is still served.
     eof: bool,
+    /// Since when the buffer has held part of a request and no whole one.
+    partial_since: Option<Instant>,
 }
 
 /// Reads requests from every client connection; see the module docs.
@@ -202,7 +205,16 @@ pub(super) struct ClientReader {
     /// Accepting failed (out of descriptors?); the listener is unwatched
     /// until the next wake-up, at most [`ACCEPT_RETRY_MS`] later.
     accept_paused: bool,
+    /// A connection that holds part of a request for this long is closed.
+    frame_timeout: Duration,
+    /// How many connections hold part of a request.
+    partial: usize,
+    last_sweep: Instant,
 }
+
+/// How often connections holding part of a request are checked against
+/// the frame timeout.
+const SWEEP_MS: i32 = 1000;
 
 /// How long accepting pauses after it failed.
 const ACCEPT_RETRY_MS: i32 = 100;
@@ -214,6 +226,7 @@ impl ClientReader {
         listener: TcpListener,
         tx: Sender<Input>,
         stopping: Arc<AtomicBool>,
+        frame_timeout: Duration,
     ) -> Result<(ClientReader, Arc<Waker>)> {
         let setup = |e| Error::io("setting up the client port", e);
         listener.set_nonblocking(true).map_err(setup)?;
@@ -234,6 +247,9 @@ impl ClientReader {
             tx,
             stopping,
             accept_paused: false,
+            frame_timeout,
+            partial: 0,
+            last_sweep: Instant::now(),
         };
         Ok((reader, waker))
     }
@@ -245,10 +261,10 @@ impl ClientReader {
         let mut batch = Vec::new();
         let mut chunk = vec![0u8; READ_CHUNK];
         while !self.stopping.load(Ordering::SeqCst) {
-            let timeout = if self.accept_paused {
-                ACCEPT_RETRY_MS
-            } else {
-                -1
+            let timeout = match (self.accept_paused, self.partial > 0) {
+                (true, _) => ACCEPT_RETRY_MS,
+                (false, true) => SWEEP_MS,
+                (false, false) => -1,
             };
             if let Err(e) = self.poller.wait(&mut events, timeout) {
                 log::error!("client port: waiting for sockets failed: {e}");
@@ -273,6 +289,9 @@ impl ClientReader {
                     }
                     token => self.read(token, &mut chunk, &mut batch),
                 }
+            }
+            if self.partial > 0 && self.last_sweep.elapsed().as_millis() >= SWEEP_MS as u128 {
+                self.close_stuck();
             }
             if !batch.is_empty()
                 && self
@@ -337,6 +356,7 @@ impl ClientReader {
                     buf: Vec::new(),
                     reading: true,
                     eof: false,
+                    partial_since: None,
                 },
             );
         }
@@ -375,8 +395,61 @@ impl ClientReader {
         if failed || !self.forward(token, batch) {
             self.close(token);
         } else {
+            self.note_partial(token);
             self.finish_if_done(token);
         }
+    }
+
+    /// Starts or stops the frame timeout of a connection, after its buffer
+    /// changed.
+    fn note_partial(&mut self, token: u64) {
+        let Some(side) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let partial = !side.buf.is_empty() && matches!(next_frame(&side.buf), Ok(None));
+        match (partial, side.partial_since.is_some()) {
+            (true, false) => {
+                side.partial_since = Some(Instant::now());
+                self.partial += 1;
+            }
+            (false, true) => {
+                side.partial_since = None;
+                self.partial -= 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes connections that have held part of a request for longer than
+    /// the frame timeout (a client that stalled or never finishes).
+    fn close_stuck(&mut self) {
+        self.last_sweep = Instant::now();
+        let stuck: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, side)| {
+                side.partial_since
+                    .is_some_and(|t| t.elapsed() >= self.frame_timeout)
+            })
+            .map(|(&token, _)| token)
+            .collect();
+        for token in stuck {
+            log::warn!(
+                "closing client connection {token}: it sent part of a request and nothing more for {:?}",
+                self.frame_timeout
+            );
+            self.close(token);
+        }
+    }
+
+    /// Forgets a connection (the caller deals with its socket).
+    fn remove(&mut self, token: u64) -> Option<ReadSide> {
+        let side = self.conns.remove(&token)?;
+        self.poller.remove(side.conn.stream.as_raw_fd());
+        if side.partial_since.is_some() {
+            self.partial -= 1;
+        }
+        Some(side)
     }
 
     /// Lets go of a connection whose client finished sending, once every
@@ -393,8 +466,7 @@ impl ClientReader {
         if !side.buf.is_empty() {
             log::debug!("client connection {token} ended inside a request");
         }
-        self.poller.remove(side.conn.stream.as_raw_fd());
-        self.conns.remove(&token);
+        self.remove(token);
     }
 
     /// Forwards the first complete request of a connection if it has none
@@ -452,6 +524,7 @@ impl ClientReader {
             .collect();
         for token in held {
             if self.forward(token, batch) {
+                self.note_partial(token);
                 self.finish_if_done(token);
             } else {
                 self.close(token);
@@ -477,8 +550,7 @@ impl ClientReader {
     }
 
     fn close(&mut self, token: u64) {
-        if let Some(side) = self.conns.remove(&token) {
-            self.poller.remove(side.conn.stream.as_raw_fd());
+        if let Some(side) = self.remove(token) {
             // Later answers from the loop then fail at once.
             let _ = side.conn.stream.shutdown(Shutdown::Both);
         }
