@@ -3,7 +3,7 @@
 //! afterwards. The nodes sync their logs as in production.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -61,7 +61,7 @@ impl LocalCluster {
     pub fn start(&mut self, nodes: u16, base_port: Option<u16>) -> Result<()> {
         let base = match base_port {
             Some(p) => p,
-            None => free_base_port(nodes)?,
+            None => crate::process::free_base_port(nodes)?,
         };
         if base == 0 || base as u32 + nodes as u32 - 1 + 1000 > u16::MAX as u32 {
             return Err(Error::Config(format!(
@@ -159,29 +159,4 @@ fn tail(path: &Path, max: u64) -> String {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     };
     read().unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
-}
-
-/// A base port such that the Raft ports `base..base+nodes` and the client
-/// ports 1000 above them are all free right now on loopback.
-fn free_base_port(nodes: u16) -> Result<u16> {
-    for _ in 0..100 {
-        let probe = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::io("looking for free loopback ports", e))?;
-        let base = probe.port();
-        if base as u32 + nodes as u32 - 1 + 1000 > u16::MAX as u32 {
-            continue;
-        }
-        let all_free = (0..nodes).all(|i| {
-            [base + i, base + i + 1000]
-                .iter()
-                .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        });
-        if all_free {
-            return Ok(base);
-        }
-    }
-    Err(Error::Failed(
-        "found no free range of loopback ports for the local cluster; give --base-port".into(),
-    ))
 }

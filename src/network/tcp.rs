@@ -671,6 +671,16 @@ impl Writer {
     fn connect(&mut self) -> io::Result<Connection> {
         let config = &self.shared.config;
         let stream = TcpStream::connect_timeout(&self.addr, config.connect_timeout)?;
+        // A connect to a loopback port nobody listens on can pick that very
+        // port as its own source port and connect to itself (TCP
+        // simultaneous open). Such a socket would hold the peer's port and
+        // keep the peer from starting again; close it at once.
+        if stream.local_addr()? == stream.peer_addr()? {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connected to itself: the peer is not listening",
+            ));
+        }
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(config.write_timeout))?;
         {

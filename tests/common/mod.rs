@@ -50,27 +50,18 @@ pub fn can_bind_all(base: u16, count: u16) -> bool {
 
 /// A base port `p` such that `p .. p + count` and the client ports
 /// `p + 1000 .. p + 1000 + count` are all free right now (and not handed out
-/// before by this process). Another program may still take one before the
-/// node binds it; the callers retry with new ports when a node cannot bind.
+/// before by this process), below the kernel's range for outgoing
+/// connections (see `kvapp_c::process::free_base_port`). Another program may
+/// still take one before the node binds it; the callers retry with new
+/// ports when a node cannot bind.
 pub fn free_ports(count: u16) -> u16 {
     loop {
-        let Ok(probe) = TcpListener::bind("127.0.0.1:0") else {
-            thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        let Ok(addr) = probe.local_addr() else {
-            continue;
-        };
-        let base = addr.port();
-        drop(probe);
-        if base as u32 + 1000 + count as u32 > u16::MAX as u32 {
-            continue;
-        }
+        let base = kvapp_c::process::free_base_port(count).expect("free loopback ports");
         let ports: Vec<u16> = (0..count)
             .flat_map(|i| [base + i, base + i + 1000])
             .collect();
         let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-        if ports.iter().any(|p| taken.contains(p)) || !ports.iter().all(|&p| can_bind(p)) {
+        if ports.iter().any(|p| taken.contains(p)) {
             continue;
         }
         taken.extend(ports);
