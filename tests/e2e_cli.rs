@@ -219,20 +219,7 @@ fn a_client_without_a_cluster_fails_cleanly() {
     // Free ports with no server behind them.
     let base = common::free_ports(2);
     let list = format!("127.0.0.1:{base},127.0.0.1:{}", base + 1);
-    let out = run(
-        &[
-            "client",
-            "--cluster",
-            &list,
-            "--timeout",
-            "500",
-            "put",
-            "k",
-            "v",
-        ],
-        None,
-        CLI_DEADLINE,
-    );
+    let out = put_k_v(&list);
     assert_eq!(out.code, Some(1), "{out:?}");
     let lines = out.lines();
     assert_eq!(lines.len(), 1, "{out:?}");
@@ -385,13 +372,42 @@ fn server_startup_errors_are_clear() {
     );
 }
 
+/// `kvapp-c client --cluster CLUSTER --timeout 500 put k v`.
+fn put_k_v(cluster: &str) -> common::Output {
+    run(
+        &[
+            "client",
+            "--cluster",
+            cluster,
+            "--timeout",
+            "500",
+            "put",
+            "k",
+            "v",
+        ],
+        None,
+        CLI_DEADLINE,
+    )
+}
+
+/// A free address for a one-node cluster and a directory for its data.
+fn single_node_spot() -> (String, tempfile::TempDir) {
+    let base = common::free_ports(1);
+    (format!("127.0.0.1:{base}"), tempfile::tempdir().unwrap())
+}
+
+/// Stops a server with SIGTERM and checks it exits with status 0.
+fn stop_cleanly(mut server: ChildGuard) {
+    signal(server.pid(), libc::SIGTERM);
+    let status = wait_exit(&mut server.child, Duration::from_secs(30)).expect("server stops");
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn the_seed_spellings_without_a_subcommand_still_work() {
-    let base = common::free_ports(1);
-    let addr = format!("127.0.0.1:{base}");
-    let dir = tempfile::tempdir().unwrap();
+    let (addr, dir) = single_node_spot();
     // `kvapp-c --node-id 1 --bind ... --cluster ...` runs a server.
-    let mut server = ChildGuard::spawn(
+    let server = ChildGuard::spawn(
         Command::new(BIN)
             .args(["--node-id", "1", "--bind", &addr, "--cluster", &addr])
             .arg("--data-dir")
@@ -414,9 +430,7 @@ fn the_seed_spellings_without_a_subcommand_still_work() {
         },
     );
     assert_eq!(out.lines(), vec!["OK", "legacy"], "{out:?}");
-    signal(server.pid(), libc::SIGTERM);
-    let status = wait_exit(&mut server.child, Duration::from_secs(30)).expect("server stops");
-    assert!(status.success(), "{status}");
+    stop_cleanly(server);
 }
 
 #[test]
@@ -497,9 +511,7 @@ fn on_a_terminal_the_client_shows_a_banner_and_a_prompt() {
 
 #[test]
 fn a_server_starts_on_a_new_relative_data_directory() {
-    let base = common::free_ports(1);
-    let addr = format!("127.0.0.1:{base}");
-    let dir = tempfile::tempdir().unwrap();
+    let (addr, dir) = single_node_spot();
     let err_path = dir.path().join("server.err");
     let mut server = ChildGuard::spawn(
         Command::new(BIN)
@@ -516,25 +528,10 @@ fn a_server_starts_on_a_new_relative_data_directory() {
                 std::fs::read_to_string(&err_path).unwrap_or_default()
             );
         }
-        let out = run(
-            &[
-                "client",
-                "--cluster",
-                &addr,
-                "--timeout",
-                "500",
-                "put",
-                "k",
-                "v",
-            ],
-            None,
-            CLI_DEADLINE,
-        );
+        let out = put_k_v(&addr);
         (out.code == Some(0)).then_some(out)
     });
     assert_eq!(out.lines(), vec!["OK"]);
     assert!(dir.path().join("mydata").is_dir());
-    signal(server.pid(), libc::SIGTERM);
-    let status = wait_exit(&mut server.child, Duration::from_secs(30)).expect("server stops");
-    assert!(status.success(), "{status}");
+    stop_cleanly(server);
 }
