@@ -1,10 +1,9 @@
 //! Child server processes, as `kvapp-c local` and `kvapp-c bench --local`
 //! run them.
 
+use std::net::TcpListener;
 use std::process::Child;
 use std::time::{Duration, Instant};
-
-use std::net::TcpListener;
 
 use crate::{Error, NodeId, Result};
 
@@ -51,11 +50,7 @@ pub fn stop_nodes(children: &mut Vec<(NodeId, Child)>, grace: Duration) -> Vec<N
 /// port as its own source port and keep the peer from starting.
 pub fn free_base_port(nodes: u16) -> Result<u16> {
     use std::hash::{BuildHasher, Hasher};
-    let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768)
-        .min(65536);
+    let top = outgoing_port_start().min(65536);
     let span = 1000 + u32::from(nodes);
     let (lo, hi) = if top > 12_000 + span {
         (10_000, top - span)
@@ -85,6 +80,15 @@ pub fn free_base_port(nodes: u16) -> Result<u16> {
     ))
 }
 
+/// The first port the kernel hands out for outgoing connections
+/// (`ip_local_port_range`; Linux's default where it cannot be read).
+fn outgoing_port_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,10 +96,7 @@ mod tests {
     #[test]
     fn free_ports_are_free_and_outside_the_outgoing_range() {
         let base = free_base_port(3).unwrap();
-        let top: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32768);
+        let top = outgoing_port_start();
         if top > 15_000 {
             assert!(u32::from(base) + 1003 <= top, "{base} reaches {top}");
         }

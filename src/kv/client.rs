@@ -469,13 +469,9 @@ fn exchange(
 
 /// A whole request frame, ready to send with one write.
 fn encode_frame(req: &Request) -> Vec<u8> {
-    let body = frame::encode(req);
-    let mut buf = Vec::with_capacity(frame::HEADER_LEN + body.len());
-    buf.extend_from_slice(&frame::MAGIC);
-    buf.push(frame::VERSION);
+    let mut buf = Vec::new();
     // Validated keys and values keep every request far below 4 GiB.
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&body);
+    frame::encode_frame_into(req, &mut buf).expect("a request fits in a frame");
     buf
 }
 

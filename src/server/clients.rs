@@ -580,17 +580,11 @@ impl Replies {
     /// Sends `response` to the client behind `to`.
     pub(super) fn send(&mut self, to: &Reply, response: Response) {
         self.buf.clear();
-        self.buf.extend_from_slice(&[0; frame::HEADER_LEN]);
-        frame::encode_into(&response, &mut self.buf);
-        let body_len = self.buf.len() - frame::HEADER_LEN;
-        let Ok(len) = u32::try_from(body_len) else {
-            log::warn!("dropping an answer of {body_len} bytes: too large for a frame");
+        if let Err(e) = frame::encode_frame_into(&response, &mut self.buf) {
+            log::warn!("dropping an answer: {e}");
             let _ = to.stream.shutdown(Shutdown::Both);
             return;
-        };
-        self.buf[..4].copy_from_slice(&frame::MAGIC);
-        self.buf[4] = frame::VERSION;
-        self.buf[5..frame::HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+        }
         if let Some((_, rest)) = self.stalled.get_mut(&to.id) {
             // Only this connection's earlier answers can be stalled; this one
             // queues behind them.
