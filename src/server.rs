@@ -3,11 +3,14 @@
 //!
 //! Threads:
 //! - the **event loop** owns the [`Node`] and the [`KvStateMachine`]. It waits
-//!   for inputs (peer messages, client requests, shutdown) or the next tick,
-//!   handles every input that is waiting, then runs the Raft driving loop
-//!   once: send what may go before the sync, sync the log once for the whole
-//!   batch (group commit), send what depended on the sync, apply committed
-//!   entries and answer the clients whose requests completed;
+//!   for inputs (peer messages, client requests, finished syncs, shutdown) or
+//!   the next tick, handles every input that is waiting, then runs the Raft
+//!   driving loop once: send the node's messages, start a log sync if the
+//!   log changed and none is running, apply committed entries and answer the
+//!   clients whose requests completed. It never waits for the disk: every
+//!   change made while one sync runs is covered by the next (group commit);
+//! - the **log syncer** runs each sync job (`fdatasync`) and reports back to
+//!   the event loop as an input;
 //! - the **transport** (see [`crate::network`]) delivers peer messages into
 //!   the loop's channel and sends on its own writer threads;
 //! - the **client reader** (see [`clients`]) accepts client connections and
@@ -33,7 +36,7 @@ use crate::kv::protocol::{Command, NodeStatus, Outcome, Query, Request, Response
 use crate::network::frame::encode;
 use crate::network::{Inbox, Transport};
 use crate::raft::{self, Message, Node};
-use crate::storage::{KvStorage, LogStorage, StateStorage};
+use crate::storage::{KvStorage, LogStorage, StateStorage, SyncJob};
 use crate::timing::TimingConfig;
 use crate::{Error, LogIndex, NodeId, Result, Term, kv};
 
@@ -66,6 +69,8 @@ enum Input {
     Peer(NodeId, Message),
     /// Requests that arrived together, each with where to answer it.
     Clients(Vec<(Request, Reply)>),
+    /// The log sync the loop started has finished.
+    Synced(Result<()>),
     Shutdown,
 }
 
@@ -232,8 +237,29 @@ impl ServerBuilder {
             .spawn(move || reader.run())
             .map_err(|e| Error::io("spawning the client reader", e))?;
 
+        let (sync_tx, sync_rx) = mpsc::channel::<SyncJob>();
+        let synced_tx = tx.clone();
+        let syncer = thread::Builder::new()
+            .name(format!("log-sync-{id}"))
+            .spawn(move || {
+                for job in sync_rx {
+                    if synced_tx.send(Input::Synced(job.run())).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = syncer {
+            stopping.store(true, Ordering::SeqCst);
+            reader_waker.wake();
+            let _ = listener_thread.join();
+            return Err(Error::io("spawning the log syncer", e));
+        }
+
         let event_loop = EventLoop {
             node,
+            sync_jobs: sync_tx,
+            syncing: false,
+            stash: None,
             machine,
             transport,
             inputs: rx,
@@ -395,6 +421,12 @@ struct PendingWrite {
 
 struct EventLoop<L: LogStorage, S: StateStorage> {
     node: Node<L, S>,
+    /// Sync jobs for the log syncer thread.
+    sync_jobs: Sender<SyncJob>,
+    /// Whether a sync job is with the syncer.
+    syncing: bool,
+    /// An input taken from the channel but not yet handled.
+    stash: Option<Input>,
     machine: KvStateMachine,
     transport: Box<dyn Transport>,
     inputs: Receiver<Input>,
@@ -428,7 +460,9 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let now = Instant::now();
-            let first = if now >= next_tick {
+            let first = if let Some(input) = self.stash.take() {
+                Some(input)
+            } else if now >= next_tick {
                 None
             } else {
                 match self.inputs.recv_timeout(next_tick - now) {
@@ -476,6 +510,10 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
                 for (request, reply) in requests {
                     self.client_request(request, reply)?;
                 }
+            }
+            Input::Synced(result) => {
+                self.syncing = false;
+                self.node.finish_sync(result)?;
             }
             Input::Shutdown => return Ok(false),
         }
@@ -545,11 +583,28 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             for (to, msg) in rd.messages {
                 self.transport.send(to, msg);
             }
-            if rd.needs_sync {
-                self.node.sync()?;
-            }
-            for (to, msg) in rd.messages_after_sync {
-                self.transport.send(to, msg);
+            if rd.needs_sync
+                && !self.syncing
+                && let Some(job) = self.node.begin_sync()?
+            {
+                // A leader hands the sync to the syncer and goes on
+                // proposing and replicating while the disk works. A follower
+                // does the same if inputs are waiting; otherwise it has
+                // nothing to do meanwhile and syncs right here, saving two
+                // thread hand-offs on the path of every write's latency.
+                // (Measured on the 2-core VM: every node always handing off
+                // cost the single-client put about 13% of its rate; every
+                // node syncing in place when idle cost the 64-client put
+                // about 18%.)
+                if self.node.role() == raft::Role::Leader || self.input_waiting() {
+                    self.sync_jobs
+                        .send(job)
+                        .map_err(|_| Error::Failed("the log syncer stopped".into()))?;
+                    self.syncing = true;
+                } else {
+                    let result = job.run();
+                    self.node.finish_sync(result)?;
+                }
             }
             for entry in &rd.committed {
                 let outcome = self.machine.apply(entry)?;
@@ -642,9 +697,40 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
+    /// Whether an input is waiting; one taken from the channel to find out
+    /// is kept in `stash` and handled first by the next batch.
+    fn input_waiting(&mut self) -> bool {
+        if self.stash.is_some() {
+            return true;
+        }
+        match self.inputs.try_recv() {
+            Ok(input) => {
+                self.stash = Some(input);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for the sync in flight, if any, and reports it to the node.
+    /// Other inputs that arrive meanwhile are dropped: the node is stopping.
+    fn wait_for_sync(&mut self) -> Result<()> {
+        while self.syncing {
+            match self.inputs.recv() {
+                Ok(Input::Synced(result)) => {
+                    self.syncing = false;
+                    self.node.finish_sync(result)?;
+                }
+                Ok(_) => {}
+                Err(_) => return Err(Error::Failed("the log syncer stopped".into())),
+            }
+        }
+        Ok(())
+    }
+
     /// Makes everything durable and answers every waiting client.
     fn close(&mut self) -> Result<()> {
-        let synced = self.node.sync();
+        let synced = self.wait_for_sync().and_then(|()| self.node.sync());
         let flushed = self.machine.flush();
         for (_, pending) in std::mem::take(&mut self.pending_writes) {
             self.replies.send(

@@ -150,10 +150,9 @@ impl Cluster {
                 self.network.push_back(Envelope { from: id, to, msg });
             }
             if rd.needs_sync {
+                // The blocking form: what the sync releases comes out of the
+                // next ready.
                 node.sync().expect("sync");
-            }
-            for (to, msg) in rd.messages_after_sync {
-                self.network.push_back(Envelope { from: id, to, msg });
             }
             let applied = self.applied.get_mut(&id).unwrap();
             for e in rd.committed {

@@ -58,6 +58,7 @@ fn every_mutation_is_caught() {
         Mutation::SkipVoteLogCheck,
         Mutation::AcceptStaleAppend,
         Mutation::ReadWithoutQuorum,
+        Mutation::AckBeforeSync,
     ] {
         let t = Instant::now();
         match seeds_to_catch(mutation, limit) {

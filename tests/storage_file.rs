@@ -194,6 +194,31 @@ fn large_unsynced_appends_are_written_out_without_syncing() {
 }
 
 #[test]
+fn a_sync_job_runs_on_another_thread_while_the_log_changes() {
+    let dir = tempdir();
+    let mut log = open_log(dir.path()).unwrap();
+    let mut expected: Vec<Entry> = (1..=50).map(|i| entry(i, 1, 1000)).collect();
+    log.append(&expected).unwrap();
+    let job = log.start_sync().unwrap();
+    let syncer = std::thread::spawn(move || job.run());
+    // Meanwhile: enough appends to be written out past the buffer, then a
+    // truncation and appends of a later term, as a follower would make.
+    let more: Vec<Entry> = (51..=400).map(|i| entry(i, 1, 1000)).collect();
+    log.append(&more).unwrap();
+    log.truncate_after(300).unwrap();
+    let newer: Vec<Entry> = (301..=320).map(|i| entry(i, 2, 500)).collect();
+    log.append(&newer).unwrap();
+    syncer.join().unwrap().unwrap();
+    log.sync().unwrap();
+    expected.extend(more.into_iter().take(250));
+    expected.extend(newer);
+    assert_eq!(all_entries(&log), expected);
+    drop(log);
+    let log = open_log(dir.path()).unwrap();
+    assert_eq!(all_entries(&log), expected);
+}
+
+#[test]
 fn truncate_and_discard_persist() {
     let dir = tempdir();
     let mut log = open_log(dir.path()).unwrap();

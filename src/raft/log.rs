@@ -12,11 +12,18 @@
 //!   below it.
 //! - `synced <= last_index`: every entry up to `synced` is durable and equal
 //!   to what the log holds now. A truncation lowers `synced` to the cut
-//!   point; [`RaftLog::sync`] raises it to `last_index`.
-//! - `unsynced` is true exactly when the storage holds changes not yet synced.
+//!   point; a finished sync raises it to what its start captured.
+//! - `unsynced` is true exactly when the storage holds changes that no
+//!   started sync covers.
+//! - A sync runs in two halves: [`RaftLog::begin_sync`] captures
+//!   `last_index` and hands back the storage's [`SyncJob`];
+//!   [`RaftLog::finish_sync`] (after the job ran) raises `synced` to the
+//!   captured index, but no higher than the lowest truncation made while the
+//!   job ran: entries above that cut are no longer the ones it made durable.
+//!   At most one sync is in flight.
 //! - `last_index` / `last_term` mirror the storage (cached to avoid lookups).
 
-use crate::storage::{Entry, LogStorage};
+use crate::storage::{Entry, LogStorage, SyncJob};
 use crate::{Error, LogIndex, Result, Term};
 
 /// Rough per-entry overhead, in bytes, counted against size limits.
@@ -44,6 +51,10 @@ pub struct RaftLog<L: LogStorage> {
     applied: LogIndex,
     synced: LogIndex,
     unsynced: bool,
+    /// The sync in flight: the index it captured, lowered by truncations.
+    in_flight: Option<LogIndex>,
+    /// The lowest truncation point since [`RaftLog::take_cut`] last ran.
+    cut: Option<LogIndex>,
 }
 
 impl<L: LogStorage> RaftLog<L> {
@@ -65,6 +76,8 @@ impl<L: LogStorage> RaftLog<L> {
             applied,
             synced: last_index,
             unsynced: false,
+            in_flight: None,
+            cut: None,
         })
     }
 
@@ -103,9 +116,20 @@ impl<L: LogStorage> RaftLog<L> {
         self.synced
     }
 
-    /// Whether the storage holds changes that [`RaftLog::sync`] must persist.
+    /// Whether the storage holds changes no started sync covers.
     pub fn needs_sync(&self) -> bool {
         self.unsynced
+    }
+
+    /// Whether a sync was begun and not yet finished.
+    pub fn sync_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The lowest index the log was truncated to since the last call, if
+    /// it was truncated.
+    pub fn take_cut(&mut self) -> Option<LogIndex> {
+        self.cut.take()
     }
 
     /// The term at `index`, or `None` if the log does not hold it (beyond the
@@ -193,6 +217,10 @@ impl<L: LogStorage> RaftLog<L> {
             ))
         })?;
         self.synced = self.synced.min(index);
+        if let Some(captured) = &mut self.in_flight {
+            *captured = (*captured).min(index);
+        }
+        self.cut = Some(self.cut.map_or(index, |c| c.min(index)));
         self.unsynced = true;
         Ok(())
     }
@@ -204,13 +232,37 @@ impl<L: LogStorage> RaftLog<L> {
         }
     }
 
-    /// Makes every change durable and records it.
-    pub fn sync(&mut self) -> Result<()> {
-        if self.unsynced {
-            self.storage.sync()?;
-            self.unsynced = false;
+    /// Starts a sync of every change so far, if any change needs one;
+    /// the caller runs the job and then calls [`RaftLog::finish_sync`].
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
+        if self.in_flight.is_some() {
+            return Err(Error::InvalidInput(
+                "a log sync is already in flight".into(),
+            ));
         }
-        self.synced = self.last_index;
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let job = self.storage.start_sync()?;
+        self.unsynced = false;
+        self.in_flight = Some(self.last_index);
+        Ok(Some(job))
+    }
+
+    /// Records that the job of the sync in flight ran successfully.
+    pub fn finish_sync(&mut self) {
+        if let Some(captured) = self.in_flight.take() {
+            self.synced = self.synced.max(captured);
+        }
+    }
+
+    /// Makes every change durable and records it, waiting for the disk.
+    #[cfg(test)]
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(job) = self.begin_sync()? {
+            job.run()?;
+            self.finish_sync();
+        }
         Ok(())
     }
 
@@ -392,6 +444,35 @@ mod tests {
         assert_eq!(log.synced(), 5);
         let terms: Vec<Term> = log.storage().all_entries().iter().map(|e| e.term).collect();
         assert_eq!(terms, vec![1, 1, 3, 3, 3]);
+    }
+
+    #[test]
+    fn a_sync_in_flight_counts_only_what_it_captured_below_any_cut() {
+        let mut log = log_with_terms(&[1, 1]);
+        log.append_new(1, b"a".to_vec()).unwrap();
+        log.append_new(1, b"b".to_vec()).unwrap();
+        let job = log.begin_sync().unwrap().expect("changes to sync");
+        assert!(log.sync_in_flight() && !log.needs_sync());
+        assert!(log.begin_sync().is_err(), "one sync at a time");
+        log.append_new(1, b"c".to_vec()).unwrap();
+        job.run().unwrap();
+        log.finish_sync();
+        assert_eq!(log.synced(), 4, "entry 5 came after the sync started");
+        assert!(log.needs_sync());
+
+        // A new leader cuts back to 3 while the next sync runs: the job
+        // still makes 1..=3 durable, but not the replaced entries.
+        let job = log.begin_sync().unwrap().expect("entry 5");
+        let out = log.append_from_leader(&[entry(4, 2), entry(5, 2)]).unwrap();
+        assert_eq!(out, AppendOutcome::Matched(5));
+        assert_eq!(log.take_cut(), Some(3));
+        assert_eq!(log.take_cut(), None);
+        job.run().unwrap();
+        log.finish_sync();
+        assert_eq!(log.synced(), 3);
+        log.sync().unwrap();
+        assert_eq!(log.synced(), 5);
+        assert!(!log.sync_in_flight() && !log.needs_sync());
     }
 
     #[test]

@@ -7,15 +7,19 @@
 //!
 //! The driving loop, as the server and the simulator run it:
 //!
-//! 1. feed inputs (ticks, peer messages, proposals, read requests);
+//! 1. feed inputs (ticks, peer messages, proposals, read requests, and the
+//!    outcome of a finished sync through [`Node::finish_sync`]);
 //! 2. `let rd = node.ready()`;
-//! 3. send `rd.messages` (safe before the local sync);
-//! 4. if `rd.needs_sync`, call [`Node::sync`] (makes term, vote and log
-//!    durable and lets a leader count itself towards a quorum);
-//! 5. send `rd.messages_after_sync`;
-//! 6. apply `rd.committed` in order, and serve each of `rd.reads` once the
+//! 3. send `rd.messages` (the node holds back what must wait for a sync);
+//! 4. if `rd.needs_sync`, call [`Node::begin_sync`] and run the job it
+//!    returns, on another thread or right away; when it is done, report it
+//!    with [`Node::finish_sync`] (step 1). Until then the node goes on
+//!    taking inputs and handing out outputs, and no second sync starts;
+//! 5. apply `rd.committed` in order, and serve each of `rd.reads` once the
 //!    state machine has applied up to its index;
-//! 7. repeat from 2 while [`Node::has_ready`] is true.
+//! 6. repeat from 2 while [`Node::has_ready`] is true.
+//!
+//! [`Node::sync`] does step 4 in one blocking call, for simple drivers.
 
 mod log;
 pub mod message;
@@ -107,6 +111,8 @@ pub enum Mutation {
     AcceptStaleAppend,
     /// Serve reads without the quorum round.
     ReadWithoutQuorum,
+    /// Acknowledge appended entries before the local sync made them durable.
+    AckBeforeSync,
 }
 
 /// The role a node plays.
@@ -154,12 +160,9 @@ pub struct ReadState {
 /// Outputs of the node, taken by the caller with [`Node::ready`].
 #[derive(Debug, Default)]
 pub struct Ready {
-    /// Messages that may be sent before the local log is synced (a leader's
-    /// appends to followers).
+    /// Messages to send now. Acknowledgements of appended entries appear
+    /// here only once a finished sync made those entries durable.
     pub messages: Vec<(NodeId, Message)>,
-    /// Messages that may leave only after [`Node::sync`] (votes, append
-    /// responses: they promise durability).
-    pub messages_after_sync: Vec<(NodeId, Message)>,
     /// Newly committed entries, in order, to apply to the state machine.
     pub committed: Vec<Entry>,
     /// Reads that are now safe to serve.
@@ -167,6 +170,7 @@ pub struct Ready {
     /// Read requests that can no longer be served by this node (it lost
     /// leadership); the caller answers them with a redirect.
     pub failed_reads: Vec<u64>,
-    /// Whether the log has unsynced changes that [`Node::sync`] must persist.
+    /// Whether the log has changes no sync covers yet and no sync is in
+    /// flight: the caller should call [`Node::begin_sync`].
     pub needs_sync: bool,
 }

@@ -11,10 +11,11 @@
 //!
 //! - **Persistence first.** Term and vote are saved with
 //!   [`StateStorage::save`] (durable on return) before any message that
-//!   depends on them is queued. Messages promising durable log content (vote
-//!   grants, append acknowledgements) are queued in
-//!   [`Ready::messages_after_sync`], which the caller sends only after
-//!   [`Node::sync`].
+//!   depends on them is queued. The only message that promises durable log
+//!   content, a successful append acknowledgement, is held inside the node
+//!   until its index is locally synced (a sync begun with
+//!   [`Node::begin_sync`] finished), and dropped if a truncation replaces
+//!   the entries it acknowledges first.
 //! - **One vote per term**, only for a candidate whose log is at least as
 //!   up-to-date (last term, then last index) as this node's.
 //! - **Terms only grow.** Any message with a higher term turns the node into
@@ -48,7 +49,7 @@ use super::log::{AppendOutcome, RaftLog};
 use super::progress::Progress;
 use super::rng::SplitMix64;
 use super::{Config, Message, ReadState, Ready, Role, Status};
-use crate::storage::{HardState, LogStorage, StateStorage};
+use crate::storage::{HardState, LogStorage, StateStorage, SyncJob};
 use crate::{Error, LogIndex, NodeId, Result, Term};
 
 /// Whether a deliberately broken rule is switched on (always false without
@@ -135,7 +136,6 @@ enum RoleState {
 #[derive(Debug, Default)]
 struct Outbox {
     messages: Vec<(NodeId, Message)>,
-    after_sync: Vec<(NodeId, Message)>,
     reads: Vec<ReadState>,
     failed_reads: Vec<u64>,
 }
@@ -157,6 +157,9 @@ pub struct Node<L: LogStorage, S: StateStorage> {
     election_timeout: u32,
     rng: SplitMix64,
     out: Outbox,
+    /// Successful append acknowledgements waiting for the local sync of the
+    /// index they acknowledge, in the order they were made.
+    held_acks: Vec<(NodeId, LogIndex, Message)>,
     /// A storage error met while building a [`Ready`] (which cannot fail);
     /// returned by the next fallible call.
     deferred: Option<Error>,
@@ -192,6 +195,7 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             election_timeout: 0,
             rng: SplitMix64::new(seed),
             out: Outbox::default(),
+            held_acks: Vec::new(),
             deferred: None,
         };
         node.reset_election_timer();
@@ -380,10 +384,9 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
     pub fn has_ready(&self) -> bool {
         let out = &self.out;
         if !out.messages.is_empty()
-            || !out.after_sync.is_empty()
             || !out.reads.is_empty()
             || !out.failed_reads.is_empty()
-            || self.log.needs_sync()
+            || self.sync_wanted()
             || self.log.has_committed()
             || self.deferred.is_some()
         {
@@ -409,7 +412,8 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
     /// per follower), newly released reads and committed entries.
     ///
     /// A storage error met while building it cannot be returned here; the
-    /// Ready then has `needs_sync` set and [`Node::sync`] returns the error.
+    /// Ready then has `needs_sync` set and [`Node::begin_sync`] returns the
+    /// error.
     pub fn ready(&mut self) -> Ready {
         if let Err(e) = self.prepare_ready() {
             error!(
@@ -432,22 +436,69 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         let out = std::mem::take(&mut self.out);
         Ready {
             messages: out.messages,
-            messages_after_sync: out.after_sync,
             committed,
             reads: out.reads,
             failed_reads: out.failed_reads,
-            needs_sync: self.log.needs_sync() || self.deferred.is_some(),
+            needs_sync: self.sync_wanted() || self.deferred.is_some(),
         }
     }
 
-    /// Syncs the log, then records it as durable (a leader counts itself
-    /// towards a quorum only after this, and may commit here).
-    pub fn sync(&mut self) -> Result<()> {
+    /// Starts a sync of the log's changes, if there are any and no sync is
+    /// in flight. The caller runs the returned job (on any thread, while it
+    /// goes on feeding inputs) and reports its result with
+    /// [`Node::finish_sync`]. Returns a storage error met earlier, if any.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
         self.check_deferred()?;
-        self.log.sync()?;
+        if self.log.sync_in_flight() {
+            return Ok(None);
+        }
+        self.log.begin_sync()
+    }
+
+    /// Records the outcome of the job from [`Node::begin_sync`]. On success
+    /// the captured entries count as durable: acknowledgements waiting for
+    /// them are released and a leader counts itself towards a quorum (and
+    /// may commit). An error is returned as is; the log's state is then
+    /// unknown and the node must stop.
+    pub fn finish_sync(&mut self, result: Result<()>) -> Result<()> {
+        result?;
+        self.log.finish_sync();
+        let synced = self.log.synced();
+        if self.held_acks.iter().any(|(_, index, _)| *index <= synced) {
+            let mut waiting = Vec::new();
+            for (to, index, msg) in self.held_acks.drain(..) {
+                if index <= synced {
+                    self.out.messages.push((to, msg));
+                } else {
+                    waiting.push((to, index, msg));
+                }
+            }
+            self.held_acks = waiting;
+        }
         if let RoleState::Leader(_) = self.role {
             self.maybe_commit()?;
             self.release_reads();
+        }
+        Ok(())
+    }
+
+    /// Whether a sync was begun and not yet finished.
+    pub fn sync_in_flight(&self) -> bool {
+        self.log.sync_in_flight()
+    }
+
+    /// Syncs the log and waits for the disk: [`Node::begin_sync`], the job
+    /// and [`Node::finish_sync`] in one call. Messages it releases come out
+    /// of the next [`Node::ready`]. Fails if a sync is already in flight.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.log.sync_in_flight() {
+            return Err(Error::InvalidInput(
+                "a log sync is already in flight".into(),
+            ));
+        }
+        if let Some(job) = self.begin_sync()? {
+            let result = job.run();
+            self.finish_sync(result)?;
         }
         Ok(())
     }
@@ -510,6 +561,11 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
 
     // ---- Internals -------------------------------------------------------
 
+    /// Whether the log has changes a new sync should cover now.
+    fn sync_wanted(&self) -> bool {
+        self.log.needs_sync() && !self.log.sync_in_flight()
+    }
+
     fn check_deferred(&mut self) -> Result<()> {
         match self.deferred.take() {
             Some(e) => Err(e),
@@ -564,9 +620,15 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         self.out.messages.push((to, msg));
     }
 
-    fn send_after_sync(&mut self, to: NodeId, msg: Message) {
-        trace!("node {} -> {to} (after sync): {msg:?}", self.id);
-        self.out.after_sync.push((to, msg));
+    /// Queues a successful append acknowledgement for `index`: it leaves
+    /// once the log is synced through `index`.
+    fn send_ack(&mut self, to: NodeId, index: LogIndex, msg: Message) {
+        if index <= self.log.synced() || mutated!(self, AckBeforeSync) {
+            self.send(to, msg);
+            return;
+        }
+        trace!("node {} -> {to} (once {index} is synced): {msg:?}", self.id);
+        self.held_acks.push((to, index, msg));
     }
 
     // ---- Role transitions ------------------------------------------------
@@ -812,7 +874,7 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             granted,
             pre_vote: false,
         };
-        self.send_after_sync(from, reply);
+        self.send(from, reply);
         Ok(())
     }
 
@@ -914,7 +976,7 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             let skip = (compacted - prev) as usize;
             if skip >= entries.len() {
                 let last = prev + entries.len() as LogIndex;
-                self.send_after_sync(from, reply(true, last, 0, None));
+                self.send_ack(from, last, reply(true, last, 0, None));
                 return Ok(());
             }
             prev = compacted;
@@ -929,11 +991,17 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                 "node {} rejects append from {from} at {prev}/{prev_term}: hint {conflict_index}/{conflict_term:?}",
                 self.id
             );
-            self.send_after_sync(from, reply(false, prev, conflict_index, conflict_term));
+            self.send(from, reply(false, prev, conflict_index, conflict_term));
             return Ok(());
         }
         let last_new = prev + entries.len() as LogIndex;
-        match self.log.append_from_leader(&entries)? {
+        let outcome = self.log.append_from_leader(&entries)?;
+        if let Some(cut) = self.log.take_cut() {
+            // Acknowledgements of the replaced entries would be false once
+            // the log is synced again.
+            self.held_acks.retain(|(_, index, _)| *index <= cut);
+        }
+        match outcome {
             AppendOutcome::Matched(_) => {}
             AppendOutcome::ConflictsWithCommitted(index) => {
                 error!(
@@ -945,7 +1013,7 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             }
         }
         self.log.commit_to(leader_commit.min(last_new));
-        self.send_after_sync(from, reply(true, last_new, 0, None));
+        self.send_ack(from, last_new, reply(true, last_new, 0, None));
         Ok(())
     }
 

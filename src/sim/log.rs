@@ -12,15 +12,18 @@
 //!
 //! - `terms` and `hashes` mirror the current content of the [`MemoryLog`]
 //!   exactly, index `i` at position `i - 1`.
-//! - `durable` holds the prefix hashes of the log's durable image: it is
-//!   brought up to `hashes` at every `sync`, and equals it on opening.
+//! - `durable` holds the prefix hashes of the log's durable image: a sync
+//!   job captures `hashes` when it starts and installs them when it runs
+//!   (together with the memory log's durable image), and it equals `hashes`
+//!   on opening.
 //! - `dirty_from` is the lowest index changed since the checker last called
 //!   [`SimLog::take_dirty`] (`u64::MAX` when nothing changed).
 
 use std::cell::Cell;
+use std::sync::{Arc, Mutex};
 
 use crate::storage::memory::MemoryLog;
-use crate::storage::{Entry, LogStorage};
+use crate::storage::{Entry, LogStorage, SyncJob};
 use crate::{Error, LogIndex, Result, Term};
 
 /// No change pending.
@@ -49,9 +52,8 @@ pub struct SimLog {
     mem: MemoryLog,
     terms: Vec<Term>,
     hashes: Vec<u64>,
-    durable: Vec<u64>,
-    /// Lowest index changed since the last sync.
-    unsynced_from: LogIndex,
+    /// Shared with the sync job in flight, which replaces it when it runs.
+    durable: Arc<Mutex<Arc<Vec<u64>>>>,
     /// Lowest index changed since the checker last looked.
     dirty_from: Cell<LogIndex>,
 }
@@ -70,14 +72,13 @@ impl SimLog {
             mem,
             terms: Vec::new(),
             hashes: Vec::new(),
-            durable: Vec::new(),
-            unsynced_from: CLEAN,
+            durable: Arc::default(),
             dirty_from: Cell::new(1),
         };
         for e in log.mem.all_entries() {
             log.push_shadow(&e);
         }
-        log.durable = log.hashes.clone();
+        log.durable = Arc::new(Mutex::new(Arc::new(log.hashes.clone())));
         Ok(log)
     }
 
@@ -88,7 +89,6 @@ impl SimLog {
     }
 
     fn mark(&mut self, from: LogIndex) {
-        self.unsynced_from = self.unsynced_from.min(from);
         self.dirty_from.set(self.dirty_from.get().min(from));
     }
 
@@ -120,13 +120,16 @@ impl SimLog {
     }
 
     /// Prefix hashes of the durable image.
-    pub fn durable_hashes(&self) -> &[u64] {
-        &self.durable
+    pub fn durable_hashes(&self) -> Arc<Vec<u64>> {
+        self.durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the log holds changes a crash would lose.
     pub fn has_unsynced(&self) -> bool {
-        self.unsynced_from != CLEAN
+        *self.durable_hashes() != self.hashes
     }
 
     /// The lowest index changed since the previous call, if any changed.
@@ -180,17 +183,15 @@ impl LogStorage for SimLog {
         ))
     }
 
-    fn sync(&mut self) -> Result<()> {
-        self.mem.sync()?;
-        if self.unsynced_from != CLEAN {
-            let keep = ((self.unsynced_from - 1) as usize)
-                .min(self.durable.len())
-                .min(self.hashes.len());
-            self.durable.truncate(keep);
-            self.durable.extend_from_slice(&self.hashes[keep..]);
-            self.unsynced_from = CLEAN;
-        }
-        Ok(())
+    fn start_sync(&mut self) -> Result<SyncJob> {
+        let mem = self.mem.start_sync()?;
+        let captured = Arc::new(self.hashes.clone());
+        let durable = self.durable.clone();
+        Ok(SyncJob::new(move || {
+            mem.run()?;
+            *durable.lock().unwrap_or_else(|e| e.into_inner()) = captured;
+            Ok(())
+        }))
     }
 }
 
@@ -227,13 +228,24 @@ mod tests {
             "a different term changes the hash"
         );
         assert_eq!(log.durable_hashes().len(), 2);
+        let job = log.start_sync().unwrap();
+        log.append(&[e(4, 2, b"d")]).unwrap();
         assert!(log.has_unsynced());
+        job.run().unwrap();
+        assert_eq!(
+            log.durable_hashes().len(),
+            3,
+            "the job covers what it captured"
+        );
+        assert!(log.has_unsynced(), "entry 4 came after the job started");
+        let h3_new = log.hash_at(3);
         // A crash keeps only the synced image.
         mem.crash();
         let reopened = SimLog::open(mem).unwrap();
-        assert_eq!(reopened.last(), 2);
+        assert_eq!(reopened.last(), 3);
         assert_eq!(reopened.hash_at(2), Some(h2));
-        assert_eq!(reopened.durable_hashes(), &reopened.hashes[..]);
+        assert_eq!(reopened.hash_at(3), h3_new);
+        assert_eq!(*reopened.durable_hashes(), reopened.hashes);
     }
 
     #[test]

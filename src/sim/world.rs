@@ -4,25 +4,28 @@
 //! Each node is driven the way the server drives it: inputs (ticks, peer
 //! messages, client calls) are stepped into the node as they arrive; a ready
 //! cycle runs a little later, so several inputs can share one cycle (the
-//! server batches them the same way). A cycle takes the node's outputs,
-//! sends what may leave before the sync, then starts the sync; until the
-//! sync completes the node takes no input (the server is single-threaded),
-//! and only then are the messages that promise durability sent and the
-//! committed entries applied. A crash can come at any moment between two
-//! events, and loses whatever the log had not synced.
+//! server batches them the same way). A cycle sends the node's messages,
+//! applies its committed entries, serves its reads and, if the log has
+//! changes and no sync is running, starts a sync. The sync's job runs at a
+//! later event (as the server's sync thread would finish it) and is then
+//! reported to the node; meanwhile the node keeps taking inputs and running
+//! cycles. A crash can come at any moment between two events and loses
+//! whatever the log had not synced; a sync job running at that moment either
+//! reached the disk first or did not, at random.
 //!
 //! Time is counted in units of a tenth of a nominal tick ([`TICK`]); nodes
 //! tick at their own period, which differs between nodes in seeds with
 //! skewed clocks.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::raft::rng::SplitMix64;
 use crate::raft::{Config, Message, Node, ReadState, Role};
-use crate::storage::Entry;
 use crate::storage::memory::{MemoryLog, MemoryState};
+use crate::storage::{Entry, SyncJob};
 use crate::{Error, LogIndex, NodeId};
 
 use super::checker::{Checker, Violation, ViolationKind};
@@ -131,7 +134,7 @@ impl Ord for Scheduled {
     }
 }
 
-/// An input waiting for a node that is busy syncing.
+/// An input to a node.
 #[derive(Debug)]
 enum Input {
     Tick,
@@ -145,15 +148,6 @@ enum Input {
         client: usize,
         id: u64,
     },
-}
-
-/// The outputs of a ready cycle that wait for its sync.
-#[derive(Default)]
-struct Held {
-    after_sync: Vec<(NodeId, Message)>,
-    committed: Vec<Entry>,
-    reads: Vec<ReadState>,
-    failed_reads: Vec<u64>,
 }
 
 /// The replicated state machine: an append-only list of command numbers.
@@ -178,16 +172,15 @@ struct Slot {
     epoch: u64,
     period: u64,
     ready_scheduled: bool,
-    syncing: bool,
-    inbox: VecDeque<Input>,
-    held: Held,
+    /// The job of the sync in flight, run at its `SyncDone` event.
+    sync_job: Option<SyncJob>,
     machine: Machine,
     machine_durable: Machine,
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
     /// Reads released by Raft, waiting for the machine to catch up.
     releasable: Vec<ReadState>,
     /// The durable log image's prefix hashes while the node is down.
-    down_durable: Vec<u64>,
+    down_durable: Arc<Vec<u64>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -256,14 +249,12 @@ impl World {
                 epoch: 0,
                 period: params.tick_periods[id as usize - 1],
                 ready_scheduled: false,
-                syncing: false,
-                inbox: VecDeque::new(),
-                held: Held::default(),
+                sync_job: None,
                 machine: Machine::default(),
                 machine_durable: Machine::default(),
                 pending_writes: BTreeMap::new(),
                 releasable: Vec::new(),
-                down_durable: Vec::new(),
+                down_durable: Arc::default(),
             })
             .collect();
         let clients = (0..params.clients)
@@ -459,7 +450,7 @@ impl World {
         let id = slot.id;
         let log =
             SimLog::open(slot.mem.clone()).map_err(|e| node_error(id, "reopens its log", e))?;
-        if slot.epoch > 0 && log.durable_hashes() != slot.down_durable.as_slice() {
+        if slot.epoch > 0 && log.durable_hashes() != slot.down_durable {
             return Err(Violation::new(
                 ViolationKind::NodeError,
                 format!(
@@ -496,16 +487,19 @@ impl World {
         let Some(node) = slot.node.take() else {
             return Ok(());
         };
+        // A sync in flight reached the disk before the crash, or not.
+        if let Some(job) = slot.sync_job.take()
+            && self.rng.chance(0.5)
+        {
+            job.run().map_err(|e| node_error(slot.id, "sync job", e))?;
+        }
         let lost = node.log_storage().has_unsynced();
-        slot.down_durable = node.log_storage().durable_hashes().to_vec();
+        slot.down_durable = node.log_storage().durable_hashes();
         drop(node);
         slot.mem.crash();
         slot.state.crash();
         slot.epoch += 1;
-        slot.syncing = false;
         slot.ready_scheduled = false;
-        slot.inbox.clear();
-        slot.held = Held::default();
         slot.machine = slot.machine_durable.clone();
         slot.releasable.clear();
         let writes = std::mem::take(&mut slot.pending_writes);
@@ -546,13 +540,9 @@ impl World {
         Ok(())
     }
 
-    /// Hands an input to node `i`, or queues it while the node syncs.
+    /// Hands an input to node `i`.
     fn input(&mut self, i: usize, input: Input) -> Check {
         if self.slots[i].node.is_none() {
-            return Ok(());
-        }
-        if self.slots[i].syncing {
-            self.slots[i].inbox.push_back(input);
             return Ok(());
         }
         self.step_input(i, input)?;
@@ -563,7 +553,7 @@ impl World {
     fn schedule_ready(&mut self, i: usize) {
         let slot = &self.slots[i];
         let Some(node) = &slot.node else { return };
-        if slot.ready_scheduled || slot.syncing || !node.has_ready() {
+        if slot.ready_scheduled || !node.has_ready() {
             return;
         }
         let epoch = slot.epoch;
@@ -713,36 +703,38 @@ impl World {
     }
 
     fn check_durable(&self) -> Check {
-        self.checker
-            .check_durable(self.slots.iter().map(|s| match &s.node {
+        let durable: Vec<Arc<Vec<u64>>> = self
+            .slots
+            .iter()
+            .map(|s| match &s.node {
                 Some(n) => n.log_storage().durable_hashes(),
-                None => s.down_durable.as_slice(),
-            }))
+                None => s.down_durable.clone(),
+            })
+            .collect();
+        self.checker
+            .check_durable(durable.iter().map(|d| d.as_slice()))
     }
 
     fn ready(&mut self, i: usize) -> Check {
         let slot = &mut self.slots[i];
+        let id = slot.id;
         let Some(node) = slot.node.as_mut() else {
             return Ok(());
         };
-        if slot.syncing {
-            return Ok(());
-        }
         let rd = node.ready();
+        let job = if rd.needs_sync {
+            node.begin_sync()
+                .map_err(|e| node_error(id, "begin_sync", e))?
+        } else {
+            None
+        };
         for (to, msg) in rd.messages {
             self.send(i, to, msg)?;
         }
         self.check_node(i)?;
-        let held = Held {
-            after_sync: rd.messages_after_sync,
-            committed: rd.committed,
-            reads: rd.reads,
-            failed_reads: rd.failed_reads,
-        };
-        if rd.needs_sync {
+        if let Some(job) = job {
             let slot = &mut self.slots[i];
-            slot.syncing = true;
-            slot.held = held;
+            slot.sync_job = Some(job);
             let epoch = slot.epoch;
             let delay = if self.rng.chance(0.9) {
                 self.rng.between(1, 4)
@@ -750,45 +742,33 @@ impl World {
                 self.rng.between(5, 20)
             };
             self.schedule(delay, Event::SyncDone { node: i, epoch });
-            return Ok(());
         }
-        self.finish_cycle(i, held)
-    }
-
-    fn sync_done(&mut self, i: usize) -> Check {
-        let slot = &mut self.slots[i];
-        let id = slot.id;
-        let Some(node) = slot.node.as_mut() else {
-            return Ok(());
-        };
-        node.sync().map_err(|e| node_error(id, "sync", e))?;
-        let last = node.log_storage().last();
-        slot.syncing = false;
-        let held = std::mem::take(&mut slot.held);
-        self.trace.push(self.now, What::Sync { node: id, last });
-        self.check_node(i)?;
-        self.finish_cycle(i, held)
-    }
-
-    /// The part of a ready cycle after the sync, then the queued inputs.
-    fn finish_cycle(&mut self, i: usize, held: Held) -> Check {
-        for (to, msg) in held.after_sync {
-            self.send(i, to, msg)?;
-        }
-        self.apply(i, held.committed)?;
-        let id = self.slots[i].id;
-        for rid in held.failed_reads {
+        self.apply(i, rd.committed)?;
+        for rid in rd.failed_reads {
             if let Some(r) = self.reads.remove(&rid) {
                 self.trace
                     .push(self.now, What::ReadFailed { node: id, id: rid });
                 self.client_done(r.client, OpKind::Read(rid));
             }
         }
-        self.slots[i].releasable.extend(held.reads);
+        self.slots[i].releasable.extend(rd.reads);
         self.serve_reads(i)?;
-        while let Some(input) = self.slots[i].inbox.pop_front() {
-            self.step_input(i, input)?;
-        }
+        self.schedule_ready(i);
+        Ok(())
+    }
+
+    fn sync_done(&mut self, i: usize) -> Check {
+        let slot = &mut self.slots[i];
+        let id = slot.id;
+        let (Some(node), Some(job)) = (slot.node.as_mut(), slot.sync_job.take()) else {
+            return Ok(());
+        };
+        let result = job.run();
+        node.finish_sync(result)
+            .map_err(|e| node_error(id, "sync", e))?;
+        let last = node.synced_index();
+        self.trace.push(self.now, What::Sync { node: id, last });
+        self.check_node(i)?;
         self.schedule_ready(i);
         Ok(())
     }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Entry, HardState, KvStorage, KvWrite, LogStorage, StateStorage};
+use super::{Entry, HardState, KvStorage, KvWrite, LogStorage, StateStorage, SyncJob};
 use crate::{Error, LogIndex, Result, Term};
 
 /// The log's content: entries after a discarded prefix ending at
@@ -149,6 +149,15 @@ impl LogStorage for MemoryLog {
         img.prefix_index = index;
         img.prefix_term = term;
         Ok(())
+    }
+
+    fn start_sync(&mut self) -> Result<SyncJob> {
+        let captured = self.lock().current.clone();
+        let inner = self.inner.clone();
+        Ok(SyncJob::new(move || {
+            inner.lock().unwrap_or_else(|e| e.into_inner()).durable = captured;
+            Ok(())
+        }))
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -319,6 +328,27 @@ mod tests {
         log.discard_through(10, 4).unwrap();
         assert_eq!((log.first_index(), log.last_index()), (11, 10));
         assert_eq!(log.term(10).unwrap(), Some(4));
+    }
+
+    #[test]
+    fn a_started_sync_covers_only_what_was_there_when_it_started() {
+        let mut log = MemoryLog::new();
+        log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        let job = log.start_sync().unwrap();
+        log.append(&[entry(3, 1)]).unwrap();
+        job.run().unwrap();
+        log.crash();
+        assert_eq!(log.last_index(), 2, "entry 3 came after the sync started");
+
+        log.append(&[entry(3, 1)]).unwrap();
+        let job = log.start_sync().unwrap();
+        drop(job);
+        log.crash();
+        assert_eq!(
+            log.last_index(),
+            2,
+            "a job that never ran made nothing durable"
+        );
     }
 
     #[test]

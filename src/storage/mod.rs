@@ -2,7 +2,10 @@
 //!
 //! - [`LogStorage`]: the Raft log. Appends are buffered; [`LogStorage::sync`]
 //!   makes everything appended so far durable, so the caller can batch many
-//!   appends behind one sync (group commit).
+//!   appends behind one sync (group commit). [`LogStorage::start_sync`]
+//!   splits a sync in two: the storage captures what is to be made durable
+//!   and hands back a [`SyncJob`] that waits for the disk, which may run on
+//!   another thread while the log takes further appends.
 //! - [`StateStorage`]: the current term and vote, saved atomically and durably.
 //! - [`KvStorage`]: the store the key-value state machine applies to, with the
 //!   index of the last applied entry kept consistent with the data.
@@ -56,8 +59,56 @@ pub trait LogStorage: Send {
     /// Discards every entry up to and including `index`, remembering `term`
     /// as the term at `index`. Used once a snapshot covers that prefix.
     fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()>;
-    /// Makes every change made so far durable.
-    fn sync(&mut self) -> Result<()>;
+    /// Starts making every change made so far durable and returns the job
+    /// that finishes it. Those changes are durable once the job's
+    /// [`SyncJob::run`] returns `Ok`; changes made after this call are not
+    /// covered. The log may be read and changed while the job runs (on any
+    /// thread). At most one job may be outstanding: run (or drop) it before
+    /// calling this again. A job dropped without running leaves its changes
+    /// counted as unsynced, so the next sync covers them.
+    fn start_sync(&mut self) -> Result<SyncJob>;
+    /// Makes every change made so far durable: [`start_sync`] and run the
+    /// job at once.
+    ///
+    /// [`start_sync`]: LogStorage::start_sync
+    fn sync(&mut self) -> Result<()> {
+        self.start_sync()?.run()
+    }
+}
+
+/// The waiting half of a log sync started by [`LogStorage::start_sync`].
+#[must_use = "a sync job makes nothing durable until it runs"]
+pub struct SyncJob(Option<Box<dyn FnOnce() -> Result<()> + Send>>);
+
+impl SyncJob {
+    /// A job with nothing left to do.
+    pub fn done() -> Self {
+        SyncJob(None)
+    }
+
+    /// A job that finishes by calling `finish`.
+    pub fn new(finish: impl FnOnce() -> Result<()> + Send + 'static) -> Self {
+        SyncJob(Some(Box::new(finish)))
+    }
+
+    /// Waits for the disk; on `Ok` every change captured when the job was
+    /// made is durable.
+    pub fn run(self) -> Result<()> {
+        match self.0 {
+            Some(finish) => finish(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for SyncJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SyncJob(pending)"
+        } else {
+            "SyncJob(done)"
+        })
+    }
 }
 
 /// The persistent part of Raft's state besides the log.
@@ -129,6 +180,9 @@ impl<T: LogStorage + ?Sized> LogStorage for Box<T> {
     }
     fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()> {
         (**self).discard_through(index, term)
+    }
+    fn start_sync(&mut self) -> Result<SyncJob> {
+        (**self).start_sync()
     }
     fn sync(&mut self) -> Result<()> {
         (**self).sync()

@@ -34,8 +34,13 @@
 //!   thus about 8 bytes per entry held, whatever the entry sizes.
 //! - Bytes `0..written` of the log are in the file; `pending` holds the
 //!   encoded records that follow, not yet handed to the OS. `append` only
-//!   adds to `pending` (writing it out once it grows past 256 KiB), `sync`
-//!   writes it out and calls `fdatasync`. Nothing ever syncs inside `append`.
+//!   adds to `pending` (writing it out once it grows past 256 KiB);
+//!   `start_sync` writes it out and returns a job that calls `fdatasync` on
+//!   a shared handle of the file, so the wait can happen on another thread
+//!   while appends, reads and truncations go on. Every change bumps a
+//!   counter; a job records the count it made durable, so a job that never
+//!   ran leaves its changes to the next sync. Nothing ever syncs inside
+//!   `append`.
 //! - After a failed write, sync or truncation the file's content is unknown,
 //!   so the log refuses every further change (reads keep working); the owner
 //!   is expected to stop and reopen.
@@ -74,12 +79,14 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::{
     Claim, check_magic_version, commit_tmp, create_tmp, read_exact_at, remove_stale_tmp,
     replace_file, u32_at, u64_at, write_all_at,
 };
-use crate::storage::{Entry, LogStorage};
+use crate::storage::{Entry, LogStorage, SyncJob};
 use crate::{Error, LogIndex, Result, Term};
 
 const MAGIC: [u8; 8] = *b"KVAPPLOG";
@@ -110,7 +117,8 @@ const CHUNK: usize = 1 << 20;
 /// them survive a power loss.
 pub struct FileLog {
     path: PathBuf,
-    file: File,
+    /// Shared with running sync jobs.
+    file: Arc<File>,
     salt: u32,
     prefix_index: LogIndex,
     prefix_term: Term,
@@ -123,10 +131,11 @@ pub struct FileLog {
     written: u64,
     /// Encoded records for the log bytes from `written` on.
     pending: Vec<u8>,
-    /// Whether anything changed since the last sync.
-    dirty: bool,
-    /// Set when a write, sync or truncation failed.
-    failed: bool,
+    /// Count of changes made since opening; a sync job records the count
+    /// it made durable in `shared`.
+    changes: u64,
+    /// What sync jobs report back, and the failure flag.
+    shared: Arc<SyncShared>,
     _claim: Claim,
 }
 
@@ -138,9 +147,19 @@ impl fmt::Debug for FileLog {
             .field("last_index", &self.last_index())
             .field("bytes", &self.end())
             .field("pending", &self.pending.len())
-            .field("failed", &self.failed)
+            .field("failed", &self.shared.failed.load(Ordering::Relaxed))
             .finish()
     }
+}
+
+/// State shared between a [`FileLog`] and its sync jobs.
+#[derive(Debug, Default)]
+struct SyncShared {
+    /// The highest change count known durable.
+    synced: AtomicU64,
+    /// Set when a write, sync or truncation failed: the file's content is
+    /// unknown from then on.
+    failed: AtomicBool,
 }
 
 /// Why a record cannot be read where one is expected.
@@ -251,7 +270,7 @@ impl FileLog {
         }
         Ok(FileLog {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             salt,
             prefix_index,
             prefix_term,
@@ -259,8 +278,8 @@ impl FileLog {
             terms,
             written: pos,
             pending: Vec::new(),
-            dirty: false,
-            failed: false,
+            changes: 0,
+            shared: Arc::default(),
             _claim: claim,
         })
     }
@@ -278,13 +297,21 @@ impl FileLog {
     }
 
     fn check_usable(&self) -> Result<()> {
-        if self.failed {
+        if self.failed() {
             return Err(Error::io(
                 format!("changing {}", self.path.display()),
                 io::Error::other("an earlier write failed; reopen the log"),
             ));
         }
         Ok(())
+    }
+
+    fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    fn fail(&self) {
+        self.shared.failed.store(true, Ordering::Release);
     }
 
     /// Hands `pending` to the OS. On failure `pending` is kept (so reads
@@ -294,7 +321,7 @@ impl FileLog {
             return Ok(());
         }
         if let Err(e) = write_all_at(&self.file, &self.pending, self.written) {
-            self.failed = true;
+            self.fail();
             return Err(Error::io(format!("writing {}", self.path.display()), e));
         }
         self.written += self.pending.len() as u64;
@@ -375,7 +402,7 @@ impl LogStorage for FileLog {
             push_term(&mut self.terms, e.index, e.term);
         }
         if !entries.is_empty() {
-            self.dirty = true;
+            self.changes += 1;
         }
         if self.pending.len() >= WRITE_THRESHOLD {
             self.write_pending()?;
@@ -471,7 +498,7 @@ impl LogStorage for FileLog {
             self.pending.truncate((cut - self.written) as usize);
         } else {
             if let Err(e) = self.file.set_len(cut) {
-                self.failed = true;
+                self.fail();
                 return Err(Error::io(format!("truncating {}", self.path.display()), e));
             }
             self.pending.clear();
@@ -481,7 +508,7 @@ impl LogStorage for FileLog {
         while self.terms.last().is_some_and(|&(start, _)| start > index) {
             self.terms.pop();
         }
-        self.dirty = true;
+        self.changes += 1;
         Ok(())
     }
 
@@ -508,7 +535,7 @@ impl LogStorage for FileLog {
         }
         if let Err(e) = commit_tmp(&file, &tmp, &self.path) {
             // The rename may or may not have happened: stop changing the log.
-            self.failed = true;
+            self.fail();
             return Err(e);
         }
 
@@ -530,35 +557,43 @@ impl LogStorage for FileLog {
                 run.0 = index + 1;
             }
         }
-        self.file = file;
+        self.file = Arc::new(file);
         self.written = HEADER_LEN + (end - keep_from);
         self.pending.clear();
         self.prefix_index = index;
         self.prefix_term = term;
-        self.dirty = false;
+        // The new file was synced whole before it replaced the old one.
+        self.shared.synced.fetch_max(self.changes, Ordering::AcqRel);
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<()> {
+    fn start_sync(&mut self) -> Result<SyncJob> {
         self.check_usable()?;
-        if !self.dirty {
-            return Ok(());
+        let target = self.changes;
+        if self.shared.synced.load(Ordering::Acquire) >= target {
+            return Ok(SyncJob::done());
         }
         self.write_pending()?;
-        if let Err(e) = self.file.sync_data() {
-            // After a failed fsync the kernel may have dropped the dirty
-            // pages: nothing written since the last good sync can be trusted.
-            self.failed = true;
-            return Err(Error::io(format!("syncing {}", self.path.display()), e));
-        }
-        self.dirty = false;
-        Ok(())
+        let file = self.file.clone();
+        let shared = self.shared.clone();
+        let path = self.path.clone();
+        Ok(SyncJob::new(move || {
+            if let Err(e) = file.sync_data() {
+                // After a failed fsync the kernel may have dropped the dirty
+                // pages: nothing written since the last good sync can be
+                // trusted.
+                shared.failed.store(true, Ordering::Release);
+                return Err(Error::io(format!("syncing {}", path.display()), e));
+            }
+            shared.synced.fetch_max(target, Ordering::AcqRel);
+            Ok(())
+        }))
     }
 }
 
 impl Drop for FileLog {
     fn drop(&mut self) {
-        if !self.failed
+        if !self.failed()
             && let Err(e) = self.write_pending()
         {
             ::log::warn!("{e}");
