@@ -268,6 +268,74 @@ fn large_messages_arrive_intact() {
 }
 
 #[test]
+fn direct_writes_and_their_tails_keep_order_when_the_peer_reads_slowly() {
+    init_log();
+    let listeners: Vec<TcpListener> = (0..2).map(|_| free_listener()).collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut listeners = listeners.into_iter();
+    // A long idle probe keeps the link open to direct writes however slowly
+    // this machine runs the test.
+    let mut sender_config = config(1, &addrs);
+    sender_config.idle_probe = Duration::from_secs(600);
+    let (mut sender, _) = start(sender_config, listeners.next().unwrap());
+    // The receiver's inbox stalls while `gate` is closed, so its socket
+    // buffers fill and the sender's direct writes go out only in part.
+    let gate = Arc::new(AtomicBool::new(true));
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let open = gate.clone();
+    let inbox: Inbox = Arc::new(move |from, m| {
+        while !open.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let _ = tx.lock().unwrap().send((from, m));
+    });
+    let mut receiver = TcpTransport::with_listener(config(2, &addrs), listeners.next().unwrap())
+        .expect("receiver binds");
+    receiver.start(inbox).unwrap();
+    let first = send_until_received(&mut sender, 2, &rx, 1, 0);
+    // Drain the rest of the warm-up.
+    while rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
+
+    gate.store(false, Ordering::SeqCst);
+    let base = 1_000_000u64;
+    // About 25 MB: more than loopback socket buffers hold.
+    let sizes: Vec<usize> = (0..100).map(|i| 100_000 + (i * 7919) % 300_000).collect();
+    for (i, &size) in sizes.iter().enumerate() {
+        sender.send(2, big(base + i as u64, size));
+    }
+    gate.store(true, Ordering::SeqCst);
+    let mut next = 0;
+    assert!(
+        recv_until(&rx, |from, m| {
+            assert_eq!(from, 1);
+            if m.term() < base {
+                return false; // a late warm-up message
+            }
+            assert_eq!(*m, big(base + next as u64, sizes[next]), "message {next}");
+            next += 1;
+            next == sizes.len()
+        }),
+        "only {next} of {} messages arrived",
+        sizes.len()
+    );
+    let stats = sender.stats();
+    assert!(stats.sent_direct > 0, "no direct write: {stats:?}");
+    assert!(
+        stats.direct_tails > 0,
+        "no direct write was partial: {stats:?}"
+    );
+    assert_eq!(
+        stats.dropped_queue_full + stats.dropped_unreachable,
+        0,
+        "{stats:?}"
+    );
+    assert!(first < base);
+    sender.shutdown();
+    receiver.shutdown();
+}
+
+#[test]
 fn peer_that_comes_up_later_and_restarts_gets_messages() {
     init_log();
     let l1 = free_listener();

@@ -7,6 +7,9 @@ pub mod frame;
 pub mod memory;
 pub mod tcp;
 
+use std::io::{self, ErrorKind};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crate::raft::Message;
@@ -25,4 +28,33 @@ pub trait Transport: Send {
     fn send(&mut self, to: NodeId, msg: Message);
     /// Stops all threads and closes all connections.
     fn shutdown(&mut self);
+}
+
+/// Writes as much of `buf` as the socket takes now; never blocks. Returns
+/// how many bytes went out (0 if the socket is full).
+pub(crate) fn send_nonblocking(stream: &TcpStream, mut buf: &[u8]) -> io::Result<usize> {
+    let total = buf.len();
+    while !buf.is_empty() {
+        // SAFETY: the pointer and length describe a live slice; the flags
+        // make this one call non-blocking and keep a closed peer from
+        // raising SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                ErrorKind::WouldBlock => break,
+                ErrorKind::Interrupted => continue,
+                _ => return Err(err),
+            }
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(total - buf.len())
 }

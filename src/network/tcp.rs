@@ -10,6 +10,13 @@
 //!   takes messages from a bounded queue, connects lazily, writes frames
 //!   through a buffer and flushes whenever the queue is momentarily empty, so
 //!   a burst of messages leaves in few system calls.
+//! - The sending thread (the server's event loop) writes a message straight
+//!   to the peer's socket when that is free: the connection is up and in
+//!   recent use, nothing is queued for the writer and the writer is not
+//!   writing. The write never blocks; what the socket does not take at once
+//!   goes to the writer as the tail of that frame, and every later message
+//!   follows it through the queue. This saves a thread hand-off on every
+//!   replication round trip.
 //!
 //! No thread is created per message, and after warm-up a message costs one
 //! encoding into a reused buffer on the way out and one frame buffer on the
@@ -25,9 +32,13 @@
 //!
 //! # Invariants
 //!
-//! - [`TcpTransport::send`] never blocks: it only tries to enqueue. A full
-//!   queue drops the message and counts it ([`TcpStats::dropped_queue_full`]);
-//!   Raft retransmits what matters.
+//! - [`TcpTransport::send`] never blocks: it tries one non-blocking write
+//!   or enqueues. A full queue drops the message and counts it
+//!   ([`TcpStats::dropped_queue_full`]); Raft retransmits what matters.
+//! - Bytes of one connection leave in order: the writer holds the peer's
+//!   [`Link`] lock while it writes and flushes, a direct write takes the
+//!   lock only when nothing is queued, and the tail of a partly written
+//!   frame is queued for the same connection (dropped with it if it closes).
 //! - A dead, slow or paused peer stalls only its own writer thread, and only
 //!   for a bounded time: connects give up after
 //!   [`TcpConfig::connect_timeout`], a write that makes no progress for
@@ -62,7 +73,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -72,7 +83,7 @@ use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
 use super::frame::{self, read_frame, write_frame};
-use super::{Inbox, Transport};
+use super::{Inbox, Transport, send_nonblocking};
 use crate::raft::Message;
 use crate::{Error, NodeId, Result};
 
@@ -87,9 +98,6 @@ const IO_BUFFER: usize = 64 << 10;
 const SCRATCH_KEEP: usize = 1 << 20;
 /// How often an idle reader wakes to check whether it should stop.
 const READ_POLL: Duration = Duration::from_millis(500);
-/// An outbound connection idle for longer than this is probed before use, so
-/// a peer that closed it (e.g. restarted) does not swallow the next message.
-const IDLE_PROBE: Duration = Duration::from_millis(50);
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the
 /// listener does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -132,6 +140,11 @@ pub struct TcpConfig {
     /// Inbound connections served at once; more are closed on accept.
     /// Default 64.
     pub max_inbound: usize,
+    /// An outbound connection unused for this long is checked before its
+    /// next message (by the writer thread, never by a direct write), so a
+    /// peer that closed it, having restarted say, does not swallow that
+    /// message. Default 50 ms.
+    pub idle_probe: Duration,
 }
 
 impl TcpConfig {
@@ -155,6 +168,7 @@ impl TcpConfig {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             max_inbound: 64,
+            idle_probe: Duration::from_millis(50),
         }
     }
 
@@ -210,6 +224,11 @@ pub struct TcpStats {
     /// Messages written to an outbound connection's buffer. A message counted
     /// here can still be lost if the connection breaks before it is read.
     pub sent: u64,
+    /// Of `sent`, messages the sending thread wrote to the socket itself.
+    pub sent_direct: u64,
+    /// Direct writes the socket took only in part, their rest left to the
+    /// writer thread.
+    pub direct_tails: u64,
     /// Inbound messages delivered to the inbox.
     pub received: u64,
     /// Messages dropped because their peer's queue was full.
@@ -231,6 +250,8 @@ pub struct TcpStats {
 #[derive(Default)]
 struct Counters {
     sent: AtomicU64,
+    sent_direct: AtomicU64,
+    direct_tails: AtomicU64,
     received: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_unreachable: AtomicU64,
@@ -245,6 +266,8 @@ impl Counters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TcpStats {
             sent: get(&self.sent),
+            sent_direct: get(&self.sent_direct),
+            direct_tails: get(&self.direct_tails),
             received: get(&self.received),
             dropped_queue_full: get(&self.dropped_queue_full),
             dropped_unreachable: get(&self.dropped_unreachable),
@@ -312,8 +335,36 @@ enum Phase {
     Stopped,
 }
 
+/// What a writer thread takes from its queue.
+enum Outgoing {
+    Msg(Message),
+    /// The unsent rest of a frame the sending thread began on connection
+    /// `generation`; written only on that same connection.
+    Tail {
+        generation: u64,
+        bytes: Vec<u8>,
+    },
+}
+
+/// A peer's outbound connection as seen by the sending thread.
+#[derive(Default)]
+struct Link {
+    /// The writer holds this lock while it writes; `None` while it has no
+    /// connection that is flushed and ready for direct writes.
+    direct: Mutex<Option<Direct>>,
+    /// Items put in the writer's queue and not yet handled by it.
+    queued: AtomicUsize,
+}
+
+struct Direct {
+    generation: u64,
+    stream: TcpStream,
+    last_write: Instant,
+}
+
 struct PeerQueue {
-    tx: SyncSender<Message>,
+    tx: SyncSender<Outgoing>,
+    link: Arc<Link>,
     /// Whether the last send found the queue full (for logging transitions).
     full: bool,
     /// Messages dropped since the last warning about this queue.
@@ -332,6 +383,8 @@ pub struct TcpTransport {
     queues: BTreeMap<NodeId, PeerQueue>,
     writer_threads: Vec<JoinHandle<()>>,
     phase: Phase,
+    /// Reused encoding buffer for direct writes.
+    scratch: Vec<u8>,
 }
 
 impl TcpTransport {
@@ -371,6 +424,7 @@ impl TcpTransport {
             queues: BTreeMap::new(),
             writer_threads: Vec::new(),
             phase: Phase::Bound,
+            scratch: Vec::new(),
         })
     }
 
@@ -400,11 +454,14 @@ impl TcpTransport {
         );
         for (&peer, &addr) in &config.peers {
             let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+            let link = Arc::new(Link::default());
             let writer = Writer {
                 peer,
                 addr,
                 shared: Arc::clone(&self.shared),
                 rx,
+                link: Arc::clone(&link),
+                generation: 0,
                 conn: None,
                 backoff: config.backoff_min,
                 retry_at: None,
@@ -421,6 +478,7 @@ impl TcpTransport {
                 peer,
                 PeerQueue {
                     tx,
+                    link,
                     full: false,
                     dropped: 0,
                     last_warning: None,
@@ -464,7 +522,11 @@ impl Transport for TcpTransport {
             }
             return;
         };
-        match queue.tx.try_send(msg) {
+        let Some(msg) = write_direct(&self.shared, queue, &mut self.scratch, msg) else {
+            return;
+        };
+        queue.link.queued.fetch_add(1, Ordering::AcqRel);
+        match queue.tx.try_send(Outgoing::Msg(msg)) {
             Ok(()) => {
                 if queue.full {
                     queue.full = false;
@@ -472,6 +534,7 @@ impl Transport for TcpTransport {
                 }
             }
             Err(TrySendError::Full(_)) => {
+                queue.link.queued.fetch_sub(1, Ordering::AcqRel);
                 bump(&counters.dropped_queue_full);
                 queue.dropped += 1;
                 if !queue.full {
@@ -492,7 +555,10 @@ impl Transport for TcpTransport {
                     }
                 }
             }
-            Err(TrySendError::Disconnected(_)) => bump(&counters.dropped_unreachable),
+            Err(TrySendError::Disconnected(_)) => {
+                queue.link.queued.fetch_sub(1, Ordering::AcqRel);
+                bump(&counters.dropped_unreachable);
+            }
         }
     }
 
@@ -545,6 +611,82 @@ impl Transport for TcpTransport {
     }
 }
 
+/// Writes `msg` straight to the peer's socket if the link is free (see the
+/// module docs); hands `msg` back if it must go through the queue instead.
+fn write_direct(
+    shared: &Shared,
+    queue: &PeerQueue,
+    scratch: &mut Vec<u8>,
+    msg: Message,
+) -> Option<Message> {
+    let link = &queue.link;
+    if link.queued.load(Ordering::Acquire) != 0 {
+        return Some(msg);
+    }
+    let Ok(mut guard) = link.direct.try_lock() else {
+        return Some(msg);
+    };
+    let Some(direct) = guard.as_mut() else {
+        return Some(msg);
+    };
+    // An idle connection may have been closed by the peer: the writer
+    // probes it before use.
+    if direct.last_write.elapsed() >= shared.config.idle_probe {
+        return Some(msg);
+    }
+    scratch.clear();
+    if frame::encode_frame_into(&msg, scratch).is_err()
+        || scratch.len() - frame::HEADER_LEN > shared.config.max_frame
+    {
+        // The writer drops it and says why.
+        return Some(msg);
+    }
+    let frame = std::mem::take(scratch);
+    let result = finish_direct(shared, queue, direct, &frame, msg);
+    // Reuse the buffer, unless one large message made it huge.
+    if frame.capacity() <= SCRATCH_KEEP {
+        *scratch = frame;
+    }
+    result
+}
+
+/// The write of a direct send whose frame is encoded in `frame`.
+fn finish_direct(
+    shared: &Shared,
+    queue: &PeerQueue,
+    direct: &mut Direct,
+    frame: &[u8],
+    msg: Message,
+) -> Option<Message> {
+    let written = match send_nonblocking(&direct.stream, frame) {
+        Ok(n) => n,
+        // The writer meets the same error and reconnects.
+        Err(_) => return Some(msg),
+    };
+    if written == 0 {
+        return Some(msg);
+    }
+    direct.last_write = Instant::now();
+    bump(&shared.counters.sent);
+    bump(&shared.counters.sent_direct);
+    if written < frame.len() {
+        bump(&shared.counters.direct_tails);
+        let tail = Outgoing::Tail {
+            generation: direct.generation,
+            bytes: frame[written..].to_vec(),
+        };
+        queue.link.queued.fetch_add(1, Ordering::AcqRel);
+        if queue.tx.try_send(tail).is_err() {
+            // Half a frame is on the wire and the rest cannot follow: the
+            // connection is unusable. The writer reconnects.
+            queue.link.queued.fetch_sub(1, Ordering::AcqRel);
+            bump(&shared.counters.dropped_queue_full);
+            let _ = direct.stream.shutdown(Shutdown::Both);
+        }
+    }
+    None
+}
+
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.shutdown();
@@ -586,7 +728,11 @@ struct Writer {
     peer: NodeId,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    rx: Receiver<Message>,
+    rx: Receiver<Outgoing>,
+    /// Shared with the sending thread; locked while writing.
+    link: Arc<Link>,
+    /// Counts connections made, to tell a frame tail's connection.
+    generation: u64,
     conn: Option<Connection>,
     /// Delay before the next attempt after another failure.
     backoff: Duration,
@@ -603,17 +749,53 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        while let Ok(msg) = self.rx.recv() {
+        while let Ok(item) = self.rx.recv() {
             if self.shared.stopping() {
                 break;
             }
-            if !self.ensure_connected() {
-                bump(&self.shared.counters.dropped_unreachable);
-                continue;
+            let link = Arc::clone(&self.link);
+            let mut direct = lock(&link.direct);
+            // Direct writes count as use of the connection.
+            if let (Some(conn), Some(d)) = (self.conn.as_mut(), direct.as_ref())
+                && d.generation == self.generation
+            {
+                conn.last_write = conn.last_write.max(d.last_write);
             }
-            if let Err(e) = self.write_batch(&msg) {
-                self.disconnect(&e);
+            let usable = match &item {
+                Outgoing::Msg(_) => self.ensure_connected(),
+                Outgoing::Tail { generation, .. } => {
+                    self.conn.is_some() && *generation == self.generation
+                }
+            };
+            if usable {
+                if let Err(e) = self.write_batch(item) {
+                    self.disconnect(&e);
+                }
+            } else {
+                if matches!(item, Outgoing::Msg(_)) {
+                    bump(&self.shared.counters.dropped_unreachable);
+                }
+                self.handled();
             }
+            // Direct writes may use the connection once it is flushed.
+            match &self.conn {
+                Some(conn) => {
+                    let current = direct
+                        .as_ref()
+                        .is_some_and(|d| d.generation == self.generation);
+                    if !current {
+                        *direct = conn.out.get_ref().try_clone().ok().map(|stream| Direct {
+                            generation: self.generation,
+                            stream,
+                            last_write: conn.last_write,
+                        });
+                    } else if let Some(d) = direct.as_mut() {
+                        d.last_write = d.last_write.max(conn.last_write);
+                    }
+                }
+                None => *direct = None,
+            }
+            drop(direct);
             if self.scratch.capacity() > SCRATCH_KEEP {
                 self.scratch = Vec::new();
             }
@@ -621,11 +803,18 @@ impl Writer {
         self.close();
     }
 
+    /// Counts one queue item as dealt with.
+    fn handled(&self) {
+        self.link.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Makes sure there is a usable connection, dialing if allowed by the
     /// backoff schedule. Returns false if there is none.
     fn ensure_connected(&mut self) -> bool {
         if let Some(conn) = &self.conn {
-            if conn.last_write.elapsed() < IDLE_PROBE || peer_still_open(conn.out.get_ref()) {
+            if conn.last_write.elapsed() < self.shared.config.idle_probe
+                || peer_still_open(conn.out.get_ref())
+            {
                 return true;
             }
             debug!(
@@ -640,6 +829,7 @@ impl Writer {
         match self.connect() {
             Ok(conn) => {
                 self.conn = Some(conn);
+                self.generation += 1;
                 bump(&self.shared.counters.connects);
                 if self.warned {
                     self.warned = false;
@@ -712,19 +902,38 @@ impl Writer {
     }
 
     /// Writes `first` and everything else already queued, then flushes.
-    fn write_batch(&mut self, first: &Message) -> io::Result<()> {
-        self.write_message(first)?;
+    fn write_batch(&mut self, first: Outgoing) -> io::Result<()> {
+        let result = self.write_item(&first);
+        self.handled();
+        result?;
         // Empty or disconnected: either way, flush what is written.
-        while let Ok(msg) = self.rx.try_recv() {
+        while let Ok(item) = self.rx.try_recv() {
             if self.shared.stopping() {
+                self.handled();
                 return Ok(());
             }
-            self.write_message(&msg)?;
+            let result = self.write_item(&item);
+            self.handled();
+            result?;
         }
         let conn = self.conn.as_mut().expect("connected before writing");
         conn.out.flush()?;
         conn.last_write = Instant::now();
         Ok(())
+    }
+
+    fn write_item(&mut self, item: &Outgoing) -> io::Result<()> {
+        match item {
+            Outgoing::Msg(msg) => self.write_message(msg),
+            Outgoing::Tail { generation, bytes } => {
+                if *generation != self.generation {
+                    // The frame's connection is gone, and its start with it.
+                    return Ok(());
+                }
+                let conn = self.conn.as_mut().expect("connected before writing");
+                conn.out.write_all(bytes)
+            }
+        }
     }
 
     fn write_message(&mut self, msg: &Message) -> io::Result<()> {

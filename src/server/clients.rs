@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use super::Input;
 use crate::kv::protocol::{Request, Response};
 use crate::network::frame::{self, decode};
+use crate::network::send_nonblocking;
 use crate::{Error, Result};
 
 /// Largest request frame accepted on the client port: room for a cas whose
@@ -640,35 +641,6 @@ fn release(conn: &ClientConn) {
     if conn.waker.wanted.load(Ordering::SeqCst) {
         conn.waker.wake();
     }
-}
-
-/// Writes as much of `buf` as the socket takes now; never blocks. Returns
-/// how many bytes went out (0 if the socket is full).
-fn send_nonblocking(stream: &TcpStream, mut buf: &[u8]) -> io::Result<usize> {
-    let total = buf.len();
-    while !buf.is_empty() {
-        // SAFETY: the pointer and length describe a live slice; the flags
-        // make this one call non-blocking and keep a closed peer from
-        // raising SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                ErrorKind::WouldBlock => break,
-                ErrorKind::Interrupted => continue,
-                _ => return Err(err),
-            }
-        }
-        buf = &buf[n as usize..];
-    }
-    Ok(total - buf.len())
 }
 
 #[cfg(test)]
