@@ -583,8 +583,10 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             for (to, msg) in rd.messages {
                 self.transport.send(to, msg);
             }
+            // Also with a sync in flight: `begin_sync` then returns any
+            // storage error the node met (which `needs_sync` reports), or
+            // nothing.
             if rd.needs_sync
-                && !self.syncing
                 && let Some(job) = self.node.begin_sync()?
             {
                 // A leader hands the sync to the syncer and goes on
