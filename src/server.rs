@@ -7,10 +7,11 @@
 //!   the next tick, handles every input that is waiting, then runs the Raft
 //!   driving loop once: send the node's messages, start a log sync if the
 //!   log changed and none is running, apply committed entries and answer the
-//!   clients whose requests completed. It never waits for the disk: every
-//!   change made while one sync runs is covered by the next (group commit);
-//! - the **log syncer** runs each sync job (`fdatasync`) and reports back to
-//!   the event loop as an input;
+//!   clients whose requests completed. A leader never waits for the disk,
+//!   and a follower waits only when it has no input waiting; every change
+//!   made while one sync runs is covered by the next (group commit);
+//! - the **log syncer** runs the sync jobs (`fdatasync`) the loop hands it
+//!   and reports back to the event loop as an input;
 //! - the **transport** (see [`crate::network`]) delivers peer messages into
 //!   the loop's channel and sends on its own writer threads;
 //! - the **client reader** (see [`clients`]) accepts client connections and

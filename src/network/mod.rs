@@ -31,7 +31,8 @@ pub trait Transport: Send {
 }
 
 /// Writes as much of `buf` as the socket takes now; never blocks. Returns
-/// how many bytes went out (0 if the socket is full).
+/// how many bytes went out (0 if the socket is full); an error only if
+/// nothing went out.
 pub(crate) fn send_nonblocking(stream: &TcpStream, mut buf: &[u8]) -> io::Result<usize> {
     let total = buf.len();
     while !buf.is_empty() {
@@ -51,6 +52,9 @@ pub(crate) fn send_nonblocking(stream: &TcpStream, mut buf: &[u8]) -> io::Result
             match err.kind() {
                 ErrorKind::WouldBlock => break,
                 ErrorKind::Interrupted => continue,
+                // Report the bytes that left; the caller meets the error
+                // on its next write.
+                _ if buf.len() < total => break,
                 _ => return Err(err),
             }
         }
