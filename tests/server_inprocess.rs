@@ -3,6 +3,8 @@
 //! `Server::builder` entry point the binary uses.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kvapp_c::kv::Client;
@@ -11,8 +13,9 @@ use kvapp_c::network::frame;
 use kvapp_c::network::memory::MemoryNetwork;
 use kvapp_c::server::{Server, ServerHandle};
 use kvapp_c::storage::memory::{MemoryKv, MemoryLog, MemoryState};
+use kvapp_c::storage::{Entry, LogStorage, SyncJob};
 use kvapp_c::timing::{TimingConfig, TimingMode};
-use kvapp_c::{Error, NodeId};
+use kvapp_c::{Error, LogIndex, NodeId, Term};
 
 struct Storage {
     log: MemoryLog,
@@ -430,4 +433,155 @@ fn a_connection_stuck_inside_a_request_is_closed() {
         read_response(&mut reader),
         Response::Outcome(Outcome::Value(None))
     );
+}
+
+/// A memory log whose reads can be made to fail and whose sync jobs can be
+/// held until the test lets them finish.
+#[derive(Clone)]
+struct FaultyLog {
+    inner: MemoryLog,
+    fail_reads: Arc<AtomicBool>,
+    read_failures: Arc<AtomicU64>,
+    hold_syncs: Arc<AtomicBool>,
+    syncs_held: Arc<AtomicU64>,
+}
+
+impl FaultyLog {
+    fn new() -> Self {
+        FaultyLog {
+            inner: MemoryLog::new(),
+            fail_reads: Arc::default(),
+            read_failures: Arc::default(),
+            hold_syncs: Arc::default(),
+            syncs_held: Arc::default(),
+        }
+    }
+}
+
+impl LogStorage for FaultyLog {
+    fn append(&mut self, entries: &[Entry]) -> kvapp_c::Result<()> {
+        self.inner.append(entries)
+    }
+    fn entries(&self, lo: LogIndex, hi: LogIndex) -> kvapp_c::Result<Vec<Entry>> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            self.read_failures.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::io(
+                "reading the log",
+                std::io::Error::other("injected read failure"),
+            ));
+        }
+        self.inner.entries(lo, hi)
+    }
+    fn term(&self, index: LogIndex) -> kvapp_c::Result<Option<Term>> {
+        self.inner.term(index)
+    }
+    fn first_index(&self) -> LogIndex {
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> LogIndex {
+        self.inner.last_index()
+    }
+    fn truncate_after(&mut self, index: LogIndex) -> kvapp_c::Result<()> {
+        self.inner.truncate_after(index)
+    }
+    fn discard_through(&mut self, index: LogIndex, term: Term) -> kvapp_c::Result<()> {
+        self.inner.discard_through(index, term)
+    }
+    fn start_sync(&mut self) -> kvapp_c::Result<SyncJob> {
+        let job = self.inner.start_sync()?;
+        let hold = self.hold_syncs.clone();
+        let held = self.syncs_held.clone();
+        Ok(SyncJob::new(move || {
+            if hold.load(Ordering::SeqCst) {
+                held.fetch_add(1, Ordering::SeqCst);
+                while hold.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            job.run()
+        }))
+    }
+}
+
+/// Polls `cond` every few milliseconds until it holds or 30 s pass.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_storage_error_while_a_sync_runs_stops_the_leader() {
+    let network = MemoryNetwork::new();
+    let members: Vec<SocketAddr> = (0..3)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], 1 + i as u16)))
+        .collect();
+    let logs: Vec<FaultyLog> = (0..3).map(|_| FaultyLog::new()).collect();
+    let mut nodes: Vec<Option<ServerHandle>> = (1..=3u64)
+        .map(|id| {
+            Some(
+                Server::builder(id, members.clone())
+                    .timing(TimingConfig::preset(TimingMode::Fast))
+                    .client_addr("127.0.0.1:0".parse().unwrap())
+                    .storage(
+                        logs[id as usize - 1].clone(),
+                        MemoryState::new(),
+                        MemoryKv::new(),
+                    )
+                    .transport(network.transport(id))
+                    .seed(id * 31)
+                    .start()
+                    .expect("server starts"),
+            )
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().flatten().map(|h| h.client_addr()).collect();
+    let mut client = Client::new(addrs.clone(), Duration::from_secs(10));
+    client.put(b"before", b"1").unwrap();
+    let leader = nodes
+        .iter()
+        .flatten()
+        .find(|h| h.status().role == "leader")
+        .map(|h| h.id())
+        .expect("a leader after a successful put");
+    let log = logs[leader as usize - 1].clone();
+
+    // The leader's next sync stays in flight until the read failure is seen.
+    log.hold_syncs.store(true, Ordering::SeqCst);
+    let first = {
+        let addrs = addrs.clone();
+        std::thread::spawn(move || Client::new(addrs, Duration::from_secs(5)).put(b"a", b"1"))
+    };
+    wait_for("the leader's sync to be held", || {
+        log.syncs_held.load(Ordering::SeqCst) > 0
+    });
+    log.fail_reads.store(true, Ordering::SeqCst);
+    let second = {
+        let addrs = addrs.clone();
+        std::thread::spawn(move || Client::new(addrs, Duration::from_secs(5)).put(b"b", b"2"))
+    };
+    wait_for("the leader to meet the read failure", || {
+        log.read_failures.load(Ordering::SeqCst) > 0
+    });
+    log.hold_syncs.store(false, Ordering::SeqCst);
+
+    // The leader must stop with the error, not spin in its event loop.
+    let handle = nodes[leader as usize - 1].take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(handle.join());
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the leader's event loop did not stop within 30 s");
+    let err = result.expect_err("the leader stops with the storage error");
+    assert!(err.to_string().contains("injected read failure"), "{err}");
+    let _ = first.join();
+    let _ = second.join();
+    for h in nodes.iter_mut().filter_map(Option::take) {
+        h.shutdown();
+        let _ = h.join();
+    }
 }
