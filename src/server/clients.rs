@@ -8,12 +8,14 @@
 //! each. The event loop answers through [`Replies`]: a non-blocking `send`
 //! straight to the client's socket.
 //!
-//! Flow control: a connection has at most one request in the loop. Frames a
-//! client sends ahead wait in the reader, which stops reading that socket
-//! until the answer has left in full (the loop then wakes the reader through
-//! an `eventfd`). Answers therefore keep request order, and a client that
-//! pipelines without reading holds at most one answer in the node; the TCP
-//! window pushes back on it.
+//! Flow control: a connection has at most one unanswered request in the
+//! loop. Frames a client sends ahead wait in the reader, which stops
+//! reading that socket until the loop has handed the answer to [`Replies`]
+//! and the socket took it in full (the loop then wakes the reader through an
+//! `eventfd`, if the reader is waiting). Answers to one connection leave in
+//! the order they were handed over, so they keep request order; a client
+//! that pipelines without reading holds at most a couple of answers in the
+//! node, and the TCP window pushes back on it.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read};
@@ -598,19 +600,25 @@ impl Replies {
             }
             return;
         }
+        // Free the connection before the write: the write wakes the client,
+        // whose next request may reach the reader before the write returns.
+        // Freed only afterwards, that request would find the connection busy
+        // and be parked until a wake-up from here, which costs an `eventfd`
+        // write, two `epoll_ctl` calls and a reader wake-up per answer. Any
+        // request forwarded now is answered after this one: answers to one
+        // connection leave in order (see `stalled`).
+        release(to);
         match send_nonblocking(&to.stream, &self.buf) {
-            Ok(n) if n == self.buf.len() => release(to),
+            Ok(n) if n == self.buf.len() => {}
             Ok(n) => {
-                // The connection stays busy until the rest is out, so a
-                // client that does not read makes the node hold at most one
-                // answer for it.
+                // Busy again until the rest is out, so a client that does
+                // not read makes the node hold at most a couple of answers
+                // for it (one more may slip in before this store).
+                to.busy.store(true, Ordering::SeqCst);
                 self.stalled
                     .insert(to.id, (to.clone(), self.buf[n..].to_vec()));
             }
-            Err(e) => {
-                log::debug!("answering a client: {e}");
-                release(to);
-            }
+            Err(e) => log::debug!("answering a client: {e}"),
         }
     }
 
