@@ -277,6 +277,10 @@ fn direct_writes_and_their_tails_keep_order_when_the_peer_reads_slowly() {
     // this machine runs the test.
     let mut sender_config = config(1, &addrs);
     sender_config.idle_probe = Duration::from_secs(600);
+    // The writer may block on the stalled receiver for as long as this
+    // thread takes to queue the burst; a slow machine must not turn that
+    // into a dropped connection.
+    sender_config.write_timeout = Duration::from_secs(120);
     let (mut sender, _) = start(sender_config, listeners.next().unwrap());
     // The receiver's inbox stalls while `gate` is closed, so its socket
     // buffers fill and the sender's direct writes go out only in part.
