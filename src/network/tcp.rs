@@ -525,8 +525,7 @@ impl Transport for TcpTransport {
         let Some(msg) = write_direct(&self.shared, queue, &mut self.scratch, msg) else {
             return;
         };
-        queue.link.queued.fetch_add(1, Ordering::AcqRel);
-        match queue.tx.try_send(Outgoing::Msg(msg)) {
+        match queue.push(Outgoing::Msg(msg)) {
             Ok(()) => {
                 if queue.full {
                     queue.full = false;
@@ -534,7 +533,6 @@ impl Transport for TcpTransport {
                 }
             }
             Err(TrySendError::Full(_)) => {
-                queue.link.queued.fetch_sub(1, Ordering::AcqRel);
                 bump(&counters.dropped_queue_full);
                 queue.dropped += 1;
                 if !queue.full {
@@ -555,10 +553,7 @@ impl Transport for TcpTransport {
                     }
                 }
             }
-            Err(TrySendError::Disconnected(_)) => {
-                queue.link.queued.fetch_sub(1, Ordering::AcqRel);
-                bump(&counters.dropped_unreachable);
-            }
+            Err(TrySendError::Disconnected(_)) => bump(&counters.dropped_unreachable),
         }
     }
 
@@ -611,6 +606,19 @@ impl Transport for TcpTransport {
     }
 }
 
+impl PeerQueue {
+    /// Puts `item` in the writer's queue, counting it in `link.queued`
+    /// until the writer has handled it.
+    fn push(&self, item: Outgoing) -> std::result::Result<(), TrySendError<Outgoing>> {
+        self.link.queued.fetch_add(1, Ordering::AcqRel);
+        let result = self.tx.try_send(item);
+        if result.is_err() {
+            self.link.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        result
+    }
+}
+
 /// Writes `msg` straight to the peer's socket if the link is free (see the
 /// module docs); hands `msg` back if it must go through the queue instead.
 fn write_direct(
@@ -641,11 +649,10 @@ fn write_direct(
         // The writer drops it and says why.
         return Some(msg);
     }
-    let frame = std::mem::take(scratch);
-    let result = finish_direct(shared, queue, direct, &frame, msg);
-    // Reuse the buffer, unless one large message made it huge.
-    if frame.capacity() <= SCRATCH_KEEP {
-        *scratch = frame;
+    let result = finish_direct(shared, queue, direct, scratch, msg);
+    // Keep the buffer, unless one large message made it huge.
+    if scratch.capacity() > SCRATCH_KEEP {
+        *scratch = Vec::new();
     }
     result
 }
@@ -675,11 +682,9 @@ fn finish_direct(
             generation: direct.generation,
             bytes: frame[written..].to_vec(),
         };
-        queue.link.queued.fetch_add(1, Ordering::AcqRel);
-        if queue.tx.try_send(tail).is_err() {
+        if queue.push(tail).is_err() {
             // Half a frame is on the wire and the rest cannot follow: the
             // connection is unusable. The writer reconnects.
-            queue.link.queued.fetch_sub(1, Ordering::AcqRel);
             bump(&shared.counters.dropped_queue_full);
             let _ = direct.stream.shutdown(Shutdown::Both);
         }

@@ -249,10 +249,16 @@ impl<L: LogStorage> RaftLog<L> {
         Ok(Some(job))
     }
 
-    /// Records that the job of the sync in flight ran successfully.
-    pub fn finish_sync(&mut self) {
+    /// Records how the job of the sync in flight ended: on success its
+    /// captured entries count as durable; on failure they are unsynced
+    /// again.
+    pub fn finish_sync(&mut self, durable: bool) {
         if let Some(captured) = self.in_flight.take() {
-            self.synced = self.synced.max(captured);
+            if durable {
+                self.synced = self.synced.max(captured);
+            } else {
+                self.unsynced = true;
+            }
         }
     }
 
@@ -260,8 +266,9 @@ impl<L: LogStorage> RaftLog<L> {
     #[cfg(test)]
     pub fn sync(&mut self) -> Result<()> {
         if let Some(job) = self.begin_sync()? {
-            job.run()?;
-            self.finish_sync();
+            let result = job.run();
+            self.finish_sync(result.is_ok());
+            result?;
         }
         Ok(())
     }
@@ -456,7 +463,7 @@ mod tests {
         assert!(log.begin_sync().is_err(), "one sync at a time");
         log.append_new(1, b"c".to_vec()).unwrap();
         job.run().unwrap();
-        log.finish_sync();
+        log.finish_sync(true);
         assert_eq!(log.synced(), 4, "entry 5 came after the sync started");
         assert!(log.needs_sync());
 
@@ -468,7 +475,7 @@ mod tests {
         assert_eq!(log.take_cut(), Some(3));
         assert_eq!(log.take_cut(), None);
         job.run().unwrap();
-        log.finish_sync();
+        log.finish_sync(true);
         assert_eq!(log.synced(), 3);
         log.sync().unwrap();
         assert_eq!(log.synced(), 5);

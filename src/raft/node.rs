@@ -458,23 +458,18 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
     /// Records the outcome of the job from [`Node::begin_sync`]. On success
     /// the captured entries count as durable: acknowledgements waiting for
     /// them are released and a leader counts itself towards a quorum (and
-    /// may commit). An error is returned as is; the log's state is then
-    /// unknown and the node must stop.
+    /// may commit). An error ends the sync and is returned as is; the log's
+    /// state is then unknown and the node must stop.
     pub fn finish_sync(&mut self, result: Result<()>) -> Result<()> {
+        self.log.finish_sync(result.is_ok());
         result?;
-        self.log.finish_sync();
         let synced = self.log.synced();
-        if self.held_acks.iter().any(|(_, index, _)| *index <= synced) {
-            let mut waiting = Vec::new();
-            for (to, index, msg) in self.held_acks.drain(..) {
-                if index <= synced {
-                    self.out.messages.push((to, msg));
-                } else {
-                    waiting.push((to, index, msg));
-                }
-            }
-            self.held_acks = waiting;
-        }
+        let released = self
+            .held_acks
+            .extract_if(.., |(_, index, _)| *index <= synced);
+        self.out
+            .messages
+            .extend(released.map(|(to, _, msg)| (to, msg)));
         if let RoleState::Leader(_) = self.role {
             self.maybe_commit()?;
             self.release_reads();

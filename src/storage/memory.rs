@@ -159,12 +159,6 @@ impl LogStorage for MemoryLog {
             Ok(())
         }))
     }
-
-    fn sync(&mut self) -> Result<()> {
-        let mut inner = self.lock();
-        inner.durable = inner.current.clone();
-        Ok(())
-    }
 }
 
 #[derive(Debug, Default)]
