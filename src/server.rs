@@ -2,9 +2,11 @@
 //! machine, driven by a single event-loop thread.
 //!
 //! Threads:
-//! - the **event loop** owns the [`Node`] and the [`KvStateMachine`]. It waits
-//!   for inputs (peer messages, client requests, finished syncs, shutdown) or
-//!   the next tick, handles every input that is waiting, then runs the Raft
+//! - the **event loop** owns the [`Node`], the [`KvStateMachine`] and the
+//!   client port. It waits in one `epoll_wait` (see [`clients`]) for client
+//!   requests, its other inputs (peer messages, finished syncs, shutdown) or
+//!   the next tick, reads every client socket that is ready and handles
+//!   every input that is waiting, then runs the Raft
 //!   driving loop once: send the node's messages, start a log sync if the
 //!   log changed and none is running, apply committed entries and answer the
 //!   clients whose requests completed. A leader never waits for the disk,
@@ -13,11 +15,14 @@
 //! - the **log syncer** runs the sync jobs (`fdatasync`) the loop hands it
 //!   and reports back to the event loop as an input;
 //! - the **transport** (see [`crate::network`]) delivers peer messages into
-//!   the loop's channel and sends on its own writer threads;
-//! - the **client reader** (see [`clients`]) accepts client connections and
-//!   reads requests from all of them with `epoll`, handing everything that
-//!   arrived together to the loop as one input. The loop writes each answer
-//!   to the client's socket itself, without blocking.
+//!   the loop's channel and sends on its own writer threads.
+//!
+//! Inputs from other threads go into the loop's channel and ring an
+//! `eventfd` only when the loop sleeps. Client requests need no other
+//! thread: the loop reads them and writes each answer to the client's
+//! socket itself, without blocking. (An earlier design read clients on a
+//! thread of their own; handing requests across cost a wake-up per batch
+//! and, measured on a 2-core machine, about 15% of the read throughput.)
 //!
 //! Invariants: a client hears `Done` for a write only after its entry was
 //! committed and applied; a read is served only when the Raft core released
@@ -26,8 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -68,11 +72,26 @@ use clients::{ClientReader, Replies, Reply, Waker};
 
 enum Input {
     Peer(NodeId, Message),
-    /// Requests that arrived together, each with where to answer it.
-    Clients(Vec<(Request, Reply)>),
     /// The log sync the loop started has finished.
     Synced(Result<()>),
     Shutdown,
+}
+
+/// Hands inputs to the event loop: its channel, plus the waker that rouses
+/// the loop when it sleeps in [`ClientReader::poll`].
+#[derive(Clone)]
+struct InputSender {
+    tx: Sender<Input>,
+    waker: Arc<Waker>,
+}
+
+impl InputSender {
+    /// Returns false if the loop is gone.
+    fn send(&self, input: Input) -> bool {
+        let sent = self.tx.send(input).is_ok();
+        self.waker.notify();
+        sent
+    }
 }
 
 /// Entry point for building a server; see [`Server::builder`].
@@ -214,10 +233,15 @@ impl ServerBuilder {
             .map_err(|e| Error::io(format!("binding the client port {client_addr}"), e))?;
         let client_addr = listener.local_addr()?;
 
+        let (reader, inbox_waker) = ClientReader::new(listener, client_frame_timeout)?;
         let (tx, rx) = mpsc::channel::<Input>();
+        let tx = InputSender {
+            tx,
+            waker: inbox_waker,
+        };
         let inbox_tx = tx.clone();
         let inbox: Inbox = Arc::new(move |from, msg| {
-            let _ = inbox_tx.send(Input::Peer(from, msg));
+            inbox_tx.send(Input::Peer(from, msg));
         });
         transport.start(inbox)?;
 
@@ -229,30 +253,18 @@ impl ServerBuilder {
             commit_index: 0,
             applied_index: machine.applied_index(),
         }));
-        let stopping = Arc::new(AtomicBool::new(false));
-
-        let (reader, reader_waker) =
-            ClientReader::new(listener, tx.clone(), stopping.clone(), client_frame_timeout)?;
-        let listener_thread = thread::Builder::new()
-            .name(format!("client-reader-{id}"))
-            .spawn(move || reader.run())
-            .map_err(|e| Error::io("spawning the client reader", e))?;
-
         let (sync_tx, sync_rx) = mpsc::channel::<SyncJob>();
         let synced_tx = tx.clone();
         let syncer = thread::Builder::new()
             .name(format!("log-sync-{id}"))
             .spawn(move || {
                 for job in sync_rx {
-                    if synced_tx.send(Input::Synced(job.run())).is_err() {
+                    if !synced_tx.send(Input::Synced(job.run())) {
                         break;
                     }
                 }
             });
         if let Err(e) = syncer {
-            stopping.store(true, Ordering::SeqCst);
-            reader_waker.wake();
-            let _ = listener_thread.join();
             return Err(Error::io("spawning the log syncer", e));
         }
 
@@ -263,6 +275,8 @@ impl ServerBuilder {
             machine,
             transport,
             inputs: rx,
+            reader,
+            client_batch: Vec::new(),
             tick: timing.tick(),
             pending_writes: BTreeMap::new(),
             pending_reads: HashMap::new(),
@@ -281,12 +295,7 @@ impl ServerBuilder {
             });
         let loop_thread = match spawned {
             Ok(t) => t,
-            Err(e) => {
-                stopping.store(true, Ordering::SeqCst);
-                reader_waker.wake();
-                let _ = listener_thread.join();
-                return Err(Error::io("spawning the event loop", e));
-            }
+            Err(e) => return Err(Error::io("spawning the event loop", e)),
         };
 
         log::info!("node {id} serving Raft on {raft_addr}, clients on {client_addr}");
@@ -296,10 +305,7 @@ impl ServerBuilder {
             client_addr,
             tx,
             status,
-            stopping,
-            reader_waker,
             loop_thread: Some(loop_thread),
-            listener_thread: Some(listener_thread),
         })
     }
 }
@@ -322,26 +328,23 @@ pub struct ServerHandle {
     id: NodeId,
     raft_addr: SocketAddr,
     client_addr: SocketAddr,
-    tx: Sender<Input>,
+    tx: InputSender,
     status: Arc<Mutex<NodeStatus>>,
-    stopping: Arc<AtomicBool>,
-    reader_waker: Arc<Waker>,
     loop_thread: Option<JoinHandle<Result<()>>>,
-    listener_thread: Option<JoinHandle<()>>,
 }
 
 /// Asks a server to shut down; cheap to clone and usable from a signal
 /// handler thread.
 #[derive(Clone)]
 pub struct ShutdownTrigger {
-    tx: Sender<Input>,
+    tx: InputSender,
 }
 
 impl ShutdownTrigger {
     /// Asks the server to stop. It finishes the batch it is working on,
     /// syncs, and exits.
     pub fn trigger(&self) {
-        let _ = self.tx.send(Input::Shutdown);
+        self.tx.send(Input::Shutdown);
     }
 }
 
@@ -378,7 +381,7 @@ impl ServerHandle {
 
     /// Asks the server to stop (see [`ShutdownTrigger::trigger`]).
     pub fn shutdown(&self) {
-        let _ = self.tx.send(Input::Shutdown);
+        self.tx.send(Input::Shutdown);
     }
 
     /// Waits until the server has stopped; returns the error that stopped
@@ -388,18 +391,12 @@ impl ServerHandle {
     }
 
     fn join_threads(&mut self) -> Result<()> {
-        let result = match self.loop_thread.take() {
+        match self.loop_thread.take() {
             Some(t) => t
                 .join()
                 .unwrap_or_else(|_| Err(Error::Failed("the event loop panicked".into()))),
             None => Ok(()),
-        };
-        self.stopping.store(true, Ordering::SeqCst);
-        self.reader_waker.wake();
-        if let Some(t) = self.listener_thread.take() {
-            let _ = t.join();
         }
-        result
     }
 }
 
@@ -428,6 +425,10 @@ struct EventLoop<L: LogStorage, S: StateStorage> {
     machine: KvStateMachine,
     transport: Box<dyn Transport>,
     inputs: Receiver<Input>,
+    /// Reads the client port; the loop waits in its `poll`.
+    reader: ClientReader,
+    /// Requests read by the last poll, each with where to answer it.
+    client_batch: Vec<(Request, Reply)>,
     tick: Duration,
     /// Writes proposed by this node, by log index.
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
@@ -458,17 +459,38 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let now = Instant::now();
-            let first = if let Some(input) = self.stash.take() {
-                Some(input)
-            } else if now >= next_tick {
-                None
-            } else {
-                match self.inputs.recv_timeout(next_tick - now) {
+            let mut first = match self.stash.take() {
+                Some(input) => Some(input),
+                None => match self.inputs.try_recv() {
                     Ok(input) => Some(input),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                }
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return Ok(()),
+                },
             };
+            // Wait for clients, inputs or the tick only when nothing is
+            // queued; otherwise just pick up what the client sockets hold.
+            let timeout = if first.is_some() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(now)
+            };
+            let mut batch = std::mem::take(&mut self.client_batch);
+            let mut early = None;
+            let inputs = &self.inputs;
+            let polled = self.reader.poll(timeout, &mut batch, || {
+                early = inputs.try_recv().ok();
+                early.is_some()
+            });
+            let served = polled.and_then(|()| {
+                batch
+                    .drain(..)
+                    .try_for_each(|(request, reply)| self.client_request(request, reply))
+            });
+            self.client_batch = batch;
+            served?;
+            if first.is_none() {
+                first = early.or_else(|| self.inputs.try_recv().ok());
+            }
             let mut handled = 0;
             let mut input = first;
             loop {
@@ -504,11 +526,6 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
     fn handle(&mut self, input: Input) -> Result<bool> {
         match input {
             Input::Peer(from, msg) => self.node.step(from, msg)?,
-            Input::Clients(requests) => {
-                for (request, reply) in requests {
-                    self.client_request(request, reply)?;
-                }
-            }
             Input::Synced(result) => self.node.finish_sync(result)?,
             Input::Shutdown => return Ok(false),
         }

@@ -1,19 +1,23 @@
-//! The client port: one I/O thread reads requests from every client
-//! connection, and the event loop writes the answers.
+//! The client port, served by the event loop itself.
 //!
-//! The **reader** ([`ClientReader`]) waits on all client sockets at once
-//! with `epoll`, reads whatever arrived, cuts it into request frames and
-//! hands every request that completed in one wake-up to the event loop as a
-//! single input, so many clients cost the loop one wake-up rather than one
-//! each. The event loop answers through [`Replies`]: a non-blocking `send`
-//! straight to the client's socket.
+//! The **reader** ([`ClientReader`]) owns an `epoll` instance that watches
+//! the listener, every client socket and an `eventfd` the loop's other
+//! inputs ring ([`Waker::notify`]). The event loop waits in
+//! [`ClientReader::poll`] rather than on its input channel: one wait covers
+//! client requests, peer messages, finished syncs and the tick, and a
+//! request costs no hand-over between threads. `poll` reads whatever
+//! arrived and cuts it into request frames; when the loop has work queued
+//! it polls without waiting, so under load the `epoll_wait` is the only
+//! extra system call, shared by every request of the batch. The loop
+//! answers through [`Replies`]: a non-blocking `send` straight to the
+//! client's socket.
 //!
 //! Flow control: a connection has at most one unanswered request in the
 //! loop. Frames a client sends ahead wait in the reader, which stops
 //! reading that socket until the loop has handed the answer to [`Replies`]
-//! and the socket took it in full (the loop then wakes the reader through an
-//! `eventfd`, if the reader is waiting). Answers to one connection leave in
-//! the order they were handed over, so they keep request order; a client
+//! and the socket took it in full (which rings the reader's `eventfd`, so
+//! the next `poll` resumes the connection). Answers to one connection leave
+//! in the order they were handed over, so they keep request order; a client
 //! that pipelines without reading holds at most a couple of answers in the
 //! node, and the TCP window pushes back on it.
 
@@ -22,11 +26,9 @@ use std::io::{self, ErrorKind, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{self, AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Input;
 use crate::kv::protocol::{Request, Response};
 use crate::network::frame::{self, decode};
 use crate::network::send_nonblocking;
@@ -47,7 +49,8 @@ const READ_CHUNK: usize = 64 << 10;
 /// epoll tokens below this one are reserved.
 const LISTENER_TOKEN: u64 = 0;
 const WAKE_TOKEN: u64 = 1;
-const FIRST_CONN_TOKEN: u64 = 2;
+const INBOX_TOKEN: u64 = 2;
+const FIRST_CONN_TOKEN: u64 = 3;
 
 /// Where the event loop sends a client's answer.
 pub(super) type Reply = Arc<ClientConn>;
@@ -64,10 +67,15 @@ pub(super) struct ClientConn {
     waker: Arc<Waker>,
 }
 
-/// An `eventfd` the loop writes to wake the reader.
+/// An `eventfd` watched by the reader's `epoll`.
+///
+/// Two of them exist: one the loop rings when it frees a connection whose
+/// next request the reader holds back, and the *inbox* one that the loop's
+/// other inputs ring when they find the loop asleep.
 pub(super) struct Waker {
     fd: OwnedFd,
-    /// Set when the reader holds requests back for a busy connection.
+    /// Set when a wake-up is wanted: the reader holds requests back for a
+    /// busy connection, or (inbox) the loop is about to sleep in `poll`.
     wanted: AtomicBool,
 }
 
@@ -92,6 +100,17 @@ impl Waker {
         // counter (EAGAIN) means a wake-up is pending anyway.
         unsafe {
             libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+
+    /// Wakes the loop if it sleeps (or is about to); called after putting
+    /// an input into its channel. Costs a system call only then.
+    pub(super) fn notify(&self) {
+        // Pairs with the fence in `ClientReader::poll`: either the loop's
+        // check of the channel sees the input, or this sees `wanted`.
+        atomic::fence(Ordering::SeqCst);
+        if self.wanted.swap(false, Ordering::SeqCst) {
+            self.wake();
         }
     }
 
@@ -200,19 +219,22 @@ struct ReadSide {
 pub(super) struct ClientReader {
     listener: TcpListener,
     poller: Poller,
+    /// Rung when a held-back connection is freed.
     waker: Arc<Waker>,
+    /// Rung by the loop's other inputs when the loop sleeps.
+    inbox: Arc<Waker>,
     conns: HashMap<u64, ReadSide>,
     next_token: u64,
-    tx: Sender<Input>,
-    stopping: Arc<AtomicBool>,
     /// Accepting failed (out of descriptors?); the listener is unwatched
-    /// until the next wake-up, at most [`ACCEPT_RETRY_MS`] later.
+    /// until the next poll, at most [`ACCEPT_RETRY_MS`] later.
     accept_paused: bool,
     /// A connection that holds part of a request for this long is closed.
     frame_timeout: Duration,
     /// How many connections hold part of a request.
     partial: usize,
     last_sweep: Instant,
+    events: Vec<libc::epoll_event>,
+    chunk: Vec<u8>,
 }
 
 /// How often connections holding part of a request are checked against
@@ -223,88 +245,103 @@ const SWEEP_MS: i32 = 1000;
 const ACCEPT_RETRY_MS: i32 = 100;
 
 impl ClientReader {
-    /// Sets up the reader for `listener`. Returns it and a handle that wakes
-    /// it (used to stop it).
+    /// Sets up the reader for `listener`. Returns it and the inbox waker,
+    /// which whoever hands the loop an input must [`notify`](Waker::notify).
     pub(super) fn new(
         listener: TcpListener,
-        tx: Sender<Input>,
-        stopping: Arc<AtomicBool>,
         frame_timeout: Duration,
     ) -> Result<(ClientReader, Arc<Waker>)> {
         let setup = |e| Error::io("setting up the client port", e);
         listener.set_nonblocking(true).map_err(setup)?;
         let poller = Poller::new().map_err(setup)?;
         let waker = Arc::new(Waker::new().map_err(setup)?);
+        let inbox = Arc::new(Waker::new().map_err(setup)?);
         poller
             .add(listener.as_raw_fd(), LISTENER_TOKEN)
             .map_err(setup)?;
         poller
             .add(waker.fd.as_raw_fd(), WAKE_TOKEN)
             .map_err(setup)?;
+        poller
+            .add(inbox.fd.as_raw_fd(), INBOX_TOKEN)
+            .map_err(setup)?;
         let reader = ClientReader {
             listener,
             poller,
-            waker: waker.clone(),
+            waker,
+            inbox: inbox.clone(),
             conns: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
-            tx,
-            stopping,
             accept_paused: false,
             frame_timeout,
             partial: 0,
             last_sweep: Instant::now(),
+            events: Vec::with_capacity(256),
+            chunk: vec![0u8; READ_CHUNK],
         };
-        Ok((reader, waker))
+        Ok((reader, inbox))
     }
 
-    /// Runs until `stopping` is set (and the waker woken) or the event loop
-    /// is gone.
-    pub(super) fn run(mut self) {
-        let mut events = Vec::with_capacity(256);
-        let mut batch = Vec::new();
-        let mut chunk = vec![0u8; READ_CHUNK];
-        while !self.stopping.load(Ordering::SeqCst) {
-            let timeout = match (self.accept_paused, self.partial > 0) {
-                (true, _) => ACCEPT_RETRY_MS,
-                (false, true) => SWEEP_MS,
-                (false, false) => -1,
-            };
-            if let Err(e) = self.poller.wait(&mut events, timeout) {
-                log::error!("client port: waiting for sockets failed: {e}");
-                return;
-            }
-            if self.accept_paused {
-                match self
-                    .poller
-                    .set_readable(self.listener.as_raw_fd(), LISTENER_TOKEN, true)
-                {
-                    Ok(()) => self.accept_paused = false,
-                    Err(e) => log::warn!("resuming the client listener: {e}"),
-                }
-            }
-            for event in &events {
-                match event.u64 {
-                    LISTENER_TOKEN => self.accept(),
-                    WAKE_TOKEN => {
-                        self.waker.drain();
-                        self.waker.wanted.store(false, Ordering::SeqCst);
-                        self.resume_held(&mut batch);
-                    }
-                    token => self.read(token, &mut chunk, &mut batch),
-                }
-            }
-            if self.partial > 0 && self.last_sweep.elapsed().as_millis() >= SWEEP_MS as u128 {
-                self.close_stuck();
-            }
-            if !batch.is_empty()
-                && self
-                    .tx
-                    .send(Input::Clients(std::mem::take(&mut batch)))
-                    .is_err()
-            {
-                return;
+    /// Waits up to `timeout` for a client socket or the inbox waker, then
+    /// reads what arrived; the complete requests of free connections go to
+    /// `batch`. A zero `timeout` only looks. Before sleeping, the inbox is
+    /// armed and `input_waiting` asked: if it says an input is already
+    /// there, the wait is skipped, so no input sent meanwhile is missed.
+    pub(super) fn poll(
+        &mut self,
+        timeout: Duration,
+        batch: &mut Vec<(Request, Reply)>,
+        input_waiting: impl FnOnce() -> bool,
+    ) -> Result<()> {
+        // Round up, so a wait shorter than a millisecond does not spin.
+        let mut timeout_ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        if timeout_ms > 0 {
+            self.inbox.wanted.store(true, Ordering::SeqCst);
+            // Pairs with the fence in `Waker::notify`.
+            atomic::fence(Ordering::SeqCst);
+            if input_waiting() {
+                timeout_ms = 0;
             }
         }
+        let own = match (self.accept_paused, self.partial > 0) {
+            (true, _) => ACCEPT_RETRY_MS,
+            (false, true) => SWEEP_MS,
+            (false, false) => i32::MAX,
+        };
+        timeout_ms = timeout_ms.min(own);
+        let mut events = std::mem::take(&mut self.events);
+        let waited = self.poller.wait(&mut events, timeout_ms);
+        self.inbox.wanted.store(false, Ordering::SeqCst);
+        if let Err(e) = waited {
+            self.events = events;
+            return Err(Error::io("waiting for client sockets", e));
+        }
+        if self.accept_paused {
+            match self
+                .poller
+                .set_readable(self.listener.as_raw_fd(), LISTENER_TOKEN, true)
+            {
+                Ok(()) => self.accept_paused = false,
+                Err(e) => log::warn!("resuming the client listener: {e}"),
+            }
+        }
+        for event in &events {
+            match event.u64 {
+                LISTENER_TOKEN => self.accept(),
+                WAKE_TOKEN => {
+                    self.waker.drain();
+                    self.waker.wanted.store(false, Ordering::SeqCst);
+                    self.resume_held(batch);
+                }
+                INBOX_TOKEN => self.inbox.drain(),
+                token => self.read(token, batch),
+            }
+        }
+        self.events = events;
+        if self.partial > 0 && self.last_sweep.elapsed().as_millis() >= SWEEP_MS as u128 {
+            self.close_stuck();
+        }
+        Ok(())
     }
 
     fn accept(&mut self) {
@@ -367,10 +404,11 @@ impl ClientReader {
 
     /// Reads what the socket has and forwards the next request if the
     /// connection is free.
-    fn read(&mut self, token: u64, chunk: &mut [u8], batch: &mut Vec<(Request, Reply)>) {
+    fn read(&mut self, token: u64, batch: &mut Vec<(Request, Reply)>) {
         let Some(side) = self.conns.get_mut(&token) else {
             return;
         };
+        let chunk = &mut self.chunk;
         let mut failed = false;
         loop {
             match (&side.conn.stream).read(chunk) {
@@ -740,6 +778,84 @@ mod tests {
             received < count * (1 << 20),
             "all {received} bytes arrived; the client was not dropped"
         );
+    }
+
+    fn idle_reader() -> (ClientReader, Arc<Waker>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        ClientReader::new(listener, Duration::from_secs(30)).unwrap()
+    }
+
+    /// Far longer than any test waits; a poll that returns well before it
+    /// was woken.
+    const LONG: Duration = Duration::from_secs(120);
+
+    /// An input notified while the loop sleeps in `poll` wakes it.
+    #[test]
+    fn a_notify_wakes_a_sleeping_poll() {
+        let (mut reader, inbox) = idle_reader();
+        let notifier = {
+            let inbox = inbox.clone();
+            std::thread::spawn(move || {
+                // Once the loop has armed the waker, it is asleep or about
+                // to be; a notify must then reach it.
+                while !inbox.wanted.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+                inbox.notify();
+            })
+        };
+        let start = Instant::now();
+        let mut batch = Vec::new();
+        reader.poll(LONG, &mut batch, || false).unwrap();
+        assert!(
+            start.elapsed() < LONG / 2,
+            "the notify did not wake the poll"
+        );
+        assert!(batch.is_empty());
+        assert!(!inbox.wanted.load(Ordering::SeqCst), "left armed");
+        notifier.join().unwrap();
+    }
+
+    /// An input that arrived before the loop armed the waker is found by the
+    /// check, and the poll does not sleep.
+    #[test]
+    fn a_poll_with_input_waiting_does_not_sleep() {
+        let (mut reader, _inbox) = idle_reader();
+        let start = Instant::now();
+        let mut asked = false;
+        reader
+            .poll(LONG, &mut Vec::new(), || {
+                asked = true;
+                true
+            })
+            .unwrap();
+        assert!(asked);
+        assert!(start.elapsed() < LONG / 2, "the poll slept");
+    }
+
+    /// A notify while the loop is busy (not armed) costs no wake-up.
+    #[test]
+    fn a_notify_while_busy_writes_nothing() {
+        let (mut reader, inbox) = idle_reader();
+        inbox.notify();
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
+        let n = unsafe { libc::read(inbox.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+        assert_eq!(n, -1, "the eventfd was written ({count})");
+        // And a request sent meanwhile is still picked up by a zero poll.
+        let mut client = TcpStream::connect(reader.listener.local_addr().unwrap()).unwrap();
+        let mut bytes = Vec::new();
+        frame::encode_frame_into(&Request::Status, &mut bytes).unwrap();
+        io::Write::write_all(&mut client, &bytes).unwrap();
+        let mut batch = Vec::new();
+        let deadline = Instant::now() + LONG / 2;
+        while batch.is_empty() && Instant::now() < deadline {
+            reader
+                .poll(Duration::from_millis(50), &mut batch, || false)
+                .unwrap();
+        }
+        assert_eq!(batch.len(), 1);
+        assert!(matches!(batch[0].0, Request::Status));
     }
 
     #[test]
