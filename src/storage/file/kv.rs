@@ -17,7 +17,12 @@
 //! # Invariants and costs
 //!
 //! - Memory holds the current state: the data and the applied index, which
-//!   `write` changes together (it cannot fail half-way).
+//!   `write` changes together (it cannot fail half-way). The pairs live in
+//!   a hash map, so a `get` or the overwrite of a key costs one hash lookup;
+//!   the keys are also kept in an ordered set, which serves prefix scans
+//!   and snapshots and changes only when a key comes or goes. (A `BTreeMap`
+//!   of the pairs made every lookup about 30 key comparisons deep at 100 000
+//!   keys, 13% of the leader's loop in a read benchmark.)
 //! - The file holds exactly the state of the last `flush`: a flush writes a
 //!   full snapshot to `kv.snapshot.tmp`, syncs it, renames it over the file
 //!   and syncs the directory, so data and applied index can never disagree on
@@ -35,7 +40,7 @@
 //!   pauses only for the copy) and a thread writes, syncs and renames it.
 //!   One runs at a time; `flush` and dropping the store wait for it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs;
 use std::io::{self, BufWriter, Write};
@@ -57,7 +62,7 @@ const HEADER_LEN: usize = 28;
 /// Open it with [`DataDir::kv`](super::DataDir::kv).
 pub struct FileKv {
     path: PathBuf,
-    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    data: Pairs,
     applied: LogIndex,
     /// Whether anything was written since the last flush.
     dirty: bool,
@@ -83,7 +88,7 @@ impl FileKv {
     pub(super) fn open(path: &Path, claim: Claim) -> Result<FileKv> {
         remove_stale_tmp(path)?;
         let (applied, data) = match read_file(path, u64::MAX)? {
-            None => (0, BTreeMap::new()),
+            None => (0, Pairs::default()),
             Some(bytes) => decode(path, &bytes)?,
         };
         Ok(FileKv {
@@ -106,7 +111,7 @@ impl FileKv {
         w.write_all(&VERSION.to_le_bytes())?;
         w.write_all(&self.applied.to_le_bytes())?;
         w.write_all(&(self.data.len() as u64).to_le_bytes())?;
-        for (k, v) in &self.data {
+        for (k, v) in self.data.iter() {
             w.write_all(&len_field(k)?)?;
             w.write_all(k)?;
             w.write_all(&len_field(v)?)?;
@@ -126,12 +131,13 @@ impl KvStorage for FileKv {
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         Ok(self
             .data
+            .keys
             .range::<[u8], _>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .take_while(|k| k.starts_with(prefix))
+            .map(|k| (k.clone(), self.data.values[k].clone()))
             .collect())
     }
 
@@ -255,7 +261,49 @@ fn len_field(bytes: &[u8]) -> io::Result<[u8; 4]> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "key or value over 4 GiB"))
 }
 
-type Pairs = BTreeMap<Vec<u8>, Vec<u8>>;
+/// The key-value pairs: a hash map for point access, and the set of keys
+/// in order for scans and snapshots. Both always hold the same keys.
+#[derive(Default)]
+struct Pairs {
+    values: HashMap<Vec<u8>, Vec<u8>>,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+impl Pairs {
+    fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        self.values.get(key)
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        match self.values.get_mut(&key) {
+            Some(slot) => *slot = value,
+            None => {
+                self.keys.insert(key.clone());
+                self.values.insert(key, value);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if self.values.remove(key).is_some() {
+            self.keys.remove(key);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The pairs in ascending key order.
+    fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Vec<u8>)> {
+        self.keys.iter().map(|k| (k, &self.values[k]))
+    }
+
+    /// The greatest key held.
+    fn last_key(&self) -> Option<&Vec<u8>> {
+        self.keys.last()
+    }
+}
 
 fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Pairs)> {
     let body_end = check_checksummed(
@@ -269,7 +317,7 @@ fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Pairs)> {
     let corrupt = |offset: usize, reason: String| corrupt_at(path, offset, reason);
     let applied = u64_at(b, 12);
     let count = u64_at(b, 20);
-    let mut data = BTreeMap::new();
+    let mut data = Pairs::default();
     let mut at = HEADER_LEN;
     // Reads a length-prefixed byte string at `at`.
     let field = |at: &mut usize, what: &str| -> Result<Vec<u8>> {
@@ -291,7 +339,7 @@ fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Pairs)> {
         let key_at = at;
         let key = field(&mut at, "key")?;
         let value = field(&mut at, "value")?;
-        if data.last_key_value().is_some_and(|(last, _)| *last >= key) {
+        if data.last_key().is_some_and(|last| *last >= key) {
             return Err(corrupt(key_at, "keys out of order".into()));
         }
         data.insert(key, value);
