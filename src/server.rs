@@ -45,10 +45,17 @@ use crate::storage::{KvStorage, LogStorage, StateStorage, SyncJob};
 use crate::timing::TimingConfig;
 use crate::{Error, LogIndex, NodeId, Result, Term, kv};
 
-/// The state machine starts a background flush of its storage after this
-/// many applied entries (and flushes in full at shutdown); after a crash the
-/// log is replayed from the last completed flush.
+/// The state machine starts a background flush of its storage after at
+/// least this many applied entries (and flushes in full at shutdown); after
+/// a crash the log is replayed from the last completed flush.
 const FLUSH_EVERY: u64 = 50_000;
+/// ... and once the entries applied since the last flush hold at least this
+/// many times the bytes the flush writes. A flush rewrites the whole store,
+/// so this keeps its cost at most half a byte written per byte logged, and a
+/// restart replays at most this many store sizes of log.
+const FLUSH_LOG_RATIO: u64 = 2;
+/// Bytes counted for an applied entry besides its data (its log record).
+const ENTRY_OVERHEAD: u64 = 24;
 /// Most inputs handled before the loop runs Raft's ready cycle once.
 const MAX_INPUTS_PER_BATCH: usize = 4096;
 
@@ -285,6 +292,7 @@ impl ServerBuilder {
             next_read_id: 1,
             status: status.clone(),
             unflushed: 0,
+            unflushed_bytes: 0,
         };
         let spawned = thread::Builder::new()
             .name(format!("raft-loop-{id}"))
@@ -441,7 +449,9 @@ struct EventLoop<L: LogStorage, S: StateStorage> {
     replies: Replies,
     next_read_id: u64,
     status: Arc<Mutex<NodeStatus>>,
+    /// Entries applied since the last flush, and their bytes.
     unflushed: u64,
+    unflushed_bytes: u64,
 }
 
 impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
@@ -624,6 +634,7 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             for entry in &rd.committed {
                 let outcome = self.machine.apply(entry)?;
                 self.unflushed += 1;
+                self.unflushed_bytes += entry.data.len() as u64 + ENTRY_OVERHEAD;
                 if let Some(pending) = self.pending_writes.remove(&entry.index) {
                     let response = if pending.term == entry.term {
                         Response::Outcome(outcome.unwrap_or(Outcome::Done))
@@ -651,9 +662,12 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         self.serve_reads()?;
         self.fail_overwritten_writes();
         self.replies.flush_stalled();
-        if self.unflushed >= FLUSH_EVERY {
+        if self.unflushed >= FLUSH_EVERY
+            && self.unflushed_bytes >= FLUSH_LOG_RATIO * self.machine.snapshot_bytes()
+        {
             self.machine.flush_background()?;
             self.unflushed = 0;
+            self.unflushed_bytes = 0;
         }
         self.publish_status();
         Ok(())

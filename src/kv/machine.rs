@@ -225,6 +225,11 @@ impl KvStateMachine {
         self.storage.flush_background()
     }
 
+    /// About how many bytes a flush of the store writes (0 if unknown).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.storage.snapshot_bytes()
+    }
+
     /// Applies a decoded command at `index` through its client's session.
     fn apply_command(&mut self, index: LogIndex, command: Command) -> Result<Outcome> {
         let Command { client_id, seq, op } = command;

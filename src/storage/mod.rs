@@ -157,6 +157,12 @@ pub trait KvStorage: Send {
     fn flush_background(&mut self) -> Result<()> {
         self.flush()
     }
+    /// About how many bytes a flush writes (0 if unknown). The server spaces
+    /// its flushes by it, so that their cost stays proportional to the
+    /// writes applied.
+    fn snapshot_bytes(&self) -> u64 {
+        0
+    }
 }
 
 impl<T: LogStorage + ?Sized> LogStorage for Box<T> {

@@ -35,16 +35,19 @@
 //!   thousand applied entries, and before compacting the log), not per write.
 //!   Opening reads the file whole, briefly needing about twice its size in
 //!   memory.
-//! - `flush_background` moves the file work off the caller's thread: it
-//!   encodes the snapshot into memory (a copy of the store, so the caller
-//!   pauses only for the copy) and a thread writes, syncs and renames it.
-//!   One runs at a time; `flush` and dropping the store wait for it.
+//! - `flush_background` moves the work off the caller's thread: keys and
+//!   values are shared (`Arc<[u8]>`), so the caller only copies the hash
+//!   map's table (a few milliseconds at 100 000 pairs, where encoding the
+//!   snapshot in place took about 100), and a thread sorts the keys,
+//!   encodes, writes, syncs and renames. One runs at a time; `flush` and
+//!   dropping the store wait for it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use super::{
@@ -100,32 +103,53 @@ impl FileKv {
             _claim: claim,
         })
     }
+}
 
-    /// Writes the snapshot of the current state to `w`.
-    fn write_snapshot(&self, w: &mut impl Write) -> io::Result<()> {
-        let mut w = CrcWriter {
-            inner: w,
-            crc: crc32fast::Hasher::new(),
-        };
-        w.write_all(&MAGIC)?;
-        w.write_all(&VERSION.to_le_bytes())?;
-        w.write_all(&self.applied.to_le_bytes())?;
-        w.write_all(&(self.data.len() as u64).to_le_bytes())?;
-        for (k, v) in self.data.iter() {
-            w.write_all(&len_field(k)?)?;
-            w.write_all(k)?;
-            w.write_all(&len_field(v)?)?;
-            w.write_all(v)?;
-        }
-        let crc = w.crc.clone().finalize();
-        w.inner.write_all(&crc.to_le_bytes())?;
-        w.inner.flush()
+/// Writes a snapshot of `pairs` (in ascending key order) at `applied` to `w`.
+fn write_snapshot<'a>(
+    w: &mut impl Write,
+    applied: LogIndex,
+    pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+) -> io::Result<()> {
+    let mut w = CrcWriter {
+        inner: w,
+        crc: crc32fast::Hasher::new(),
+    };
+    w.write_all(&MAGIC)?;
+    w.write_all(&VERSION.to_le_bytes())?;
+    w.write_all(&applied.to_le_bytes())?;
+    w.write_all(&(pairs.len() as u64).to_le_bytes())?;
+    for (k, v) in pairs {
+        w.write_all(&len_field(k)?)?;
+        w.write_all(k)?;
+        w.write_all(&len_field(v)?)?;
+        w.write_all(v)?;
     }
+    let crc = w.crc.clone().finalize();
+    w.inner.write_all(&crc.to_le_bytes())?;
+    w.inner.flush()
+}
+
+/// Writes a snapshot to a tmp file next to `path`, syncs it and renames it
+/// over `path`.
+fn publish_snapshot<'a>(
+    path: &Path,
+    applied: LogIndex,
+    pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<()> {
+    let (tmp, file) = create_tmp(path)?;
+    let mut w = BufWriter::with_capacity(1 << 20, &file);
+    if let Err(e) = write_snapshot(&mut w, applied, pairs) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(format!("writing {}", tmp.display()), e));
+    }
+    drop(w);
+    commit_tmp(&file, &tmp, path)
 }
 
 impl KvStorage for FileKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.data.get(key).cloned())
+        Ok(self.data.get(key).map(|v| v.to_vec()))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -137,7 +161,7 @@ impl KvStorage for FileKv {
                 std::ops::Bound::Unbounded,
             ))
             .take_while(|k| k.starts_with(prefix))
-            .map(|k| (k.clone(), self.data.values[k].clone()))
+            .map(|k| (k.to_vec(), self.data.values[k].to_vec()))
             .collect())
     }
 
@@ -161,6 +185,10 @@ impl KvStorage for FileKv {
         self.applied
     }
 
+    fn snapshot_bytes(&self) -> u64 {
+        HEADER_LEN as u64 + 4 + self.data.bytes + 8 * self.data.len() as u64
+    }
+
     fn flush(&mut self) -> Result<()> {
         if let Err(e) = self.finish_background(true) {
             // The store is dirty again; the write below retries it.
@@ -169,36 +197,29 @@ impl KvStorage for FileKv {
         if !self.dirty {
             return Ok(());
         }
-        let (tmp, file) = create_tmp(&self.path)?;
-        if let Err(e) = self.write_snapshot(&mut BufWriter::with_capacity(1 << 20, &file)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io(format!("writing {}", tmp.display()), e));
-        }
-        commit_tmp(&file, &tmp, &self.path)?;
+        publish_snapshot(&self.path, self.applied, self.data.iter())?;
         self.dirty = false;
         Ok(())
     }
 
-    /// Encodes the snapshot in memory (a copy of the store, taken now), then
-    /// writes, syncs and renames it on a background thread. Skipped while
-    /// the previous background flush still runs.
+    /// Copies the store's table (keys and values are shared, not copied),
+    /// then sorts, encodes, writes, syncs and renames the snapshot on a
+    /// background thread. Skipped while the previous background flush
+    /// still runs.
     fn flush_background(&mut self) -> Result<()> {
         if !self.finish_background(false)? || !self.dirty {
             return Ok(());
         }
-        let mut bytes = Vec::new();
-        self.write_snapshot(&mut bytes)
-            .map_err(|e| Error::io(format!("encoding {}", self.path.display()), e))?;
+        let values = self.data.values.clone();
+        let applied = self.applied;
         let path = self.path.clone();
         let handle = thread::Builder::new()
             .name("kv-flush".into())
             .spawn(move || {
-                let (tmp, file) = create_tmp(&path)?;
-                if let Err(e) = io::Write::write_all(&mut &file, &bytes) {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(Error::io(format!("writing {}", tmp.display()), e));
-                }
-                commit_tmp(&file, &tmp, &path)
+                let mut pairs: Vec<(&[u8], &[u8])> =
+                    values.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                publish_snapshot(&path, applied, pairs.into_iter())
             })
             .map_err(|e| Error::io("spawning the snapshot writer", e))?;
         self.background = Some(handle);
@@ -261,23 +282,35 @@ fn len_field(bytes: &[u8]) -> io::Result<[u8; 4]> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "key or value over 4 GiB"))
 }
 
+/// A key or value, shared between the store and a background flush.
+type Bytes = Arc<[u8]>;
+
 /// The key-value pairs: a hash map for point access, and the set of keys
-/// in order for scans and snapshots. Both always hold the same keys.
+/// in order for scans and snapshots. Both always hold the same keys (the
+/// same allocations).
 #[derive(Default)]
 struct Pairs {
-    values: HashMap<Vec<u8>, Vec<u8>>,
-    keys: BTreeSet<Vec<u8>>,
+    values: HashMap<Bytes, Bytes>,
+    keys: BTreeSet<Bytes>,
+    /// Total length of all keys and values.
+    bytes: u64,
 }
 
 impl Pairs {
-    fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+    fn get(&self, key: &[u8]) -> Option<&Bytes> {
         self.values.get(key)
     }
 
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        match self.values.get_mut(&key) {
-            Some(slot) => *slot = value,
+        let value: Bytes = value.into();
+        match self.values.get_mut(&key[..]) {
+            Some(slot) => {
+                self.bytes = self.bytes - slot.len() as u64 + value.len() as u64;
+                *slot = value;
+            }
             None => {
+                let key: Bytes = key.into();
+                self.bytes += (key.len() + value.len()) as u64;
                 self.keys.insert(key.clone());
                 self.values.insert(key, value);
             }
@@ -285,8 +318,9 @@ impl Pairs {
     }
 
     fn remove(&mut self, key: &[u8]) {
-        if self.values.remove(key).is_some() {
-            self.keys.remove(key);
+        if let Some((key, value)) = self.values.remove_entry(key) {
+            self.bytes -= (key.len() + value.len()) as u64;
+            self.keys.remove(&key);
         }
     }
 
@@ -295,13 +329,13 @@ impl Pairs {
     }
 
     /// The pairs in ascending key order.
-    fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Vec<u8>)> {
-        self.keys.iter().map(|k| (k, &self.values[k]))
+    fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
+        self.keys.iter().map(|k| (&k[..], &self.values[k][..]))
     }
 
     /// The greatest key held.
-    fn last_key(&self) -> Option<&Vec<u8>> {
-        self.keys.last()
+    fn last_key(&self) -> Option<&[u8]> {
+        self.keys.last().map(|k| &k[..])
     }
 }
 
@@ -339,7 +373,7 @@ fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Pairs)> {
         let key_at = at;
         let key = field(&mut at, "key")?;
         let value = field(&mut at, "value")?;
-        if data.last_key().is_some_and(|last| *last >= key) {
+        if data.last_key().is_some_and(|last| *last >= key[..]) {
             return Err(corrupt(key_at, "keys out of order".into()));
         }
         data.insert(key, value);
