@@ -497,9 +497,14 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
                     .try_for_each(|(request, reply)| self.client_request(request, reply))
             });
             self.client_batch = batch;
-            served?;
             if first.is_none() {
                 first = early.or_else(|| self.inputs.try_recv().ok());
+            }
+            if let Err(e) = served {
+                // Keep the input taken from the channel: it may be the
+                // report of a sync in flight, which `close` waits for.
+                self.stash = first;
+                return Err(e);
             }
             let mut handled = 0;
             let mut input = first;
@@ -745,7 +750,11 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
     /// Other inputs that arrive meanwhile are dropped: the node is stopping.
     fn wait_for_sync(&mut self) -> Result<()> {
         while self.node.sync_in_flight() {
-            match self.inputs.recv() {
+            let next = match self.stash.take() {
+                Some(input) => Ok(input),
+                None => self.inputs.recv(),
+            };
+            match next {
                 Ok(Input::Synced(result)) => self.node.finish_sync(result)?,
                 Ok(_) => {}
                 Err(_) => return Err(Error::Failed("the log syncer stopped".into())),
