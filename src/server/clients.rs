@@ -63,7 +63,8 @@ pub(super) struct ClientConn {
     stream: TcpStream,
     /// Whether a request of this connection is in the loop, unanswered.
     busy: AtomicBool,
-    /// Wakes the reader when an answer frees a connection it holds back.
+    /// Rung when an answer frees a connection whose next request is held
+    /// back, so the loop's next `poll` resumes it.
     waker: Arc<Waker>,
 }
 
@@ -93,7 +94,7 @@ impl Waker {
         })
     }
 
-    /// Wakes the reader (cheap to call repeatedly).
+    /// Makes the next `poll` return at once (cheap to call repeatedly).
     pub(super) fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full
@@ -173,7 +174,7 @@ impl Poller {
         }
     }
 
-    /// Waits for events (forever if `timeout_ms` is -1); returns their tokens.
+    /// Waits up to `timeout_ms` for events; returns their tokens.
     fn wait(&self, events: &mut Vec<libc::epoll_event>, timeout_ms: i32) -> io::Result<()> {
         events.clear();
         let capacity = events.capacity();
@@ -226,7 +227,7 @@ pub(super) struct ClientReader {
     conns: HashMap<u64, ReadSide>,
     next_token: u64,
     /// Accepting failed (out of descriptors?); the listener is unwatched
-    /// until the next poll, at most [`ACCEPT_RETRY_MS`] later.
+    /// until the next poll (which waits at most [`ACCEPT_RETRY_MS`]).
     accept_paused: bool,
     /// A connection that holds part of a request for this long is closed.
     frame_timeout: Duration,
@@ -638,13 +639,10 @@ impl Replies {
             }
             return;
         }
-        // Free the connection before the write: the write wakes the client,
-        // whose next request may reach the reader before the write returns.
-        // Freed only afterwards, that request would find the connection busy
-        // and be parked until a wake-up from here, which costs an `eventfd`
-        // write, two `epoll_ctl` calls and a reader wake-up per answer. Any
-        // request forwarded now is answered after this one: answers to one
-        // connection leave in order (see `stalled`).
+        // The answer is handed over: free the connection, so the next poll
+        // forwards its next request. Any request forwarded from now on is
+        // answered after this one: answers to one connection leave in order
+        // (see `stalled`).
         release(to);
         match send_nonblocking(&to.stream, &self.buf) {
             Ok(n) if n == self.buf.len() => {}
