@@ -670,9 +670,12 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         if self.unflushed >= FLUSH_EVERY
             && self.unflushed_bytes >= FLUSH_LOG_RATIO * self.machine.snapshot_bytes()
         {
-            self.machine.flush_background()?;
-            self.unflushed = 0;
-            self.unflushed_bytes = 0;
+            // A flush that did not start (the previous one still runs)
+            // keeps the counts, so the next round tries again.
+            if self.machine.flush_background()? {
+                self.unflushed = 0;
+                self.unflushed_bytes = 0;
+            }
         }
         self.publish_status();
         Ok(())

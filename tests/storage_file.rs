@@ -744,7 +744,7 @@ fn kv_background_flush_keeps_the_state_it_started_from() {
     let mut kv = open_kv(dir.path()).unwrap();
     kv.write(1, vec![put(b"a", b"1"), put(b"big", &[9; 300_000])])
         .unwrap();
-    kv.flush_background().unwrap();
+    assert!(kv.flush_background().unwrap(), "no flush was running");
     kv.write(2, vec![put(b"a", b"2")]).unwrap();
     drop(kv);
     let mut kv = open_kv(dir.path()).unwrap();
@@ -755,7 +755,7 @@ fn kv_background_flush_keeps_the_state_it_started_from() {
     // A foreground flush after a background one waits for it, then writes
     // the newer state.
     kv.write(2, vec![put(b"a", b"2")]).unwrap();
-    kv.flush_background().unwrap();
+    assert!(kv.flush_background().unwrap(), "no flush was running");
     kv.write(3, vec![put(b"a", b"3")]).unwrap();
     kv.flush().unwrap();
     drop(kv);
@@ -793,7 +793,7 @@ fn kv_background_and_foreground_snapshots_are_identical() {
     let mut kv = open_kv(background.path()).unwrap();
     fill(&mut kv);
     let predicted = kv.snapshot_bytes();
-    kv.flush_background().unwrap();
+    assert!(kv.flush_background().unwrap(), "no flush was running");
     drop(kv);
     let foreground = tempdir();
     let mut kv = open_kv(foreground.path()).unwrap();

@@ -220,8 +220,9 @@ impl KvStateMachine {
     }
 
     /// Starts making everything applied so far durable, without waiting
-    /// (see [`KvStorage::flush_background`]).
-    pub fn flush_background(&mut self) -> Result<()> {
+    /// (see [`KvStorage::flush_background`]). Returns `false` if it did not
+    /// start because the previous one still runs.
+    pub fn flush_background(&mut self) -> Result<bool> {
         self.storage.flush_background()
     }
 

@@ -45,6 +45,14 @@ const MAX_CLIENT_CONNECTIONS: usize = 4096;
 const MAX_STALLED_BYTES: usize = 16 << 20;
 /// Bytes read from a socket per `read` call.
 const READ_CHUNK: usize = 64 << 10;
+/// Most bytes read from one connection per `poll`; the rest waits for the
+/// next one (epoll is level-triggered), so one fast sender cannot hold the
+/// loop while the others wait.
+const READ_BUDGET: usize = 4 * READ_CHUNK;
+/// Most connections accepted per `poll`, for the same reason.
+const ACCEPTS_PER_POLL: usize = 64;
+/// Least time between two warnings that accepting failed.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// epoll tokens below this one are reserved.
 const LISTENER_TOKEN: u64 = 0;
@@ -227,8 +235,12 @@ pub(super) struct ClientReader {
     conns: HashMap<u64, ReadSide>,
     next_token: u64,
     /// Accepting failed (out of descriptors?); the listener is unwatched
-    /// until the next poll (which waits at most [`ACCEPT_RETRY_MS`]).
-    accept_paused: bool,
+    /// until then ([`ACCEPT_RETRY_MS`] after the failure).
+    accept_paused_until: Option<Instant>,
+    /// When accepting failed and said so last, and how many failures were
+    /// not reported since.
+    accept_warned: Option<Instant>,
+    accept_failures_unreported: u64,
     /// A connection that holds part of a request for this long is closed.
     frame_timeout: Duration,
     /// How many connections hold part of a request.
@@ -273,7 +285,9 @@ impl ClientReader {
             inbox: inbox.clone(),
             conns: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
-            accept_paused: false,
+            accept_paused_until: None,
+            accept_warned: None,
+            accept_failures_unreported: 0,
             frame_timeout,
             partial: 0,
             last_sweep: Instant::now(),
@@ -304,12 +318,13 @@ impl ClientReader {
                 timeout_ms = 0;
             }
         }
-        let own = match (self.accept_paused, self.partial > 0) {
-            (true, _) => ACCEPT_RETRY_MS,
-            (false, true) => SWEEP_MS,
-            (false, false) => i32::MAX,
-        };
-        timeout_ms = timeout_ms.min(own);
+        if let Some(until) = self.accept_paused_until {
+            let left = until.saturating_duration_since(Instant::now());
+            timeout_ms = timeout_ms.min(left.as_nanos().div_ceil(1_000_000) as i32);
+        }
+        if self.partial > 0 {
+            timeout_ms = timeout_ms.min(SWEEP_MS);
+        }
         let mut events = std::mem::take(&mut self.events);
         let waited = self.poller.wait(&mut events, timeout_ms);
         self.inbox.wanted.store(false, Ordering::SeqCst);
@@ -317,12 +332,15 @@ impl ClientReader {
             self.events = events;
             return Err(Error::io("waiting for client sockets", e));
         }
-        if self.accept_paused {
+        if self
+            .accept_paused_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
             match self
                 .poller
                 .set_readable(self.listener.as_raw_fd(), LISTENER_TOKEN, true)
             {
-                Ok(()) => self.accept_paused = false,
+                Ok(()) => self.accept_paused_until = None,
                 Err(e) => log::warn!("resuming the client listener: {e}"),
             }
         }
@@ -345,8 +363,9 @@ impl ClientReader {
         Ok(())
     }
 
+    /// Accepts up to [`ACCEPTS_PER_POLL`] waiting connections.
     fn accept(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_POLL {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -356,12 +375,15 @@ impl ClientReader {
                     // stays readable, so stop watching it for a moment
                     // rather than spin (or sleep, which would delay every
                     // connected client).
-                    log::warn!("accepting a client connection: {e}");
+                    self.warn_accept_failed(&e);
                     match self
                         .poller
                         .set_readable(self.listener.as_raw_fd(), LISTENER_TOKEN, false)
                     {
-                        Ok(()) => self.accept_paused = true,
+                        Ok(()) => {
+                            self.accept_paused_until =
+                                Some(Instant::now() + Duration::from_millis(ACCEPT_RETRY_MS as u64))
+                        }
                         Err(e) => log::warn!("pausing the client listener: {e}"),
                     }
                     return;
@@ -403,14 +425,37 @@ impl ClientReader {
         }
     }
 
-    /// Reads what the socket has and forwards the next request if the
-    /// connection is free.
+    /// Logs a failed accept, at most once per [`ACCEPT_WARN_EVERY`] (a
+    /// node out of descriptors would otherwise log ten lines a second).
+    fn warn_accept_failed(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .accept_warned
+            .is_some_and(|at| now.duration_since(at) < ACCEPT_WARN_EVERY)
+        {
+            self.accept_failures_unreported += 1;
+            return;
+        }
+        let earlier = std::mem::take(&mut self.accept_failures_unreported);
+        if earlier > 0 {
+            log::warn!(
+                "accepting a client connection: {e} ({earlier} more failures since the last warning)"
+            );
+        } else {
+            log::warn!("accepting a client connection: {e}");
+        }
+        self.accept_warned = Some(now);
+    }
+
+    /// Reads what the socket has (at most [`READ_BUDGET`] bytes) and
+    /// forwards the next request if the connection is free.
     fn read(&mut self, token: u64, batch: &mut Vec<(Request, Reply)>) {
         let Some(side) = self.conns.get_mut(&token) else {
             return;
         };
         let chunk = &mut self.chunk;
         let mut failed = false;
+        let mut budget = READ_BUDGET;
         loop {
             match (&side.conn.stream).read(chunk) {
                 Ok(0) => {
@@ -419,9 +464,11 @@ impl ClientReader {
                 }
                 Ok(n) => {
                     side.buf.extend_from_slice(&chunk[..n]);
-                    // Read on only while the socket may hold more and the
-                    // buffer stays small; epoll reports the rest later.
-                    if n < chunk.len() || side.buf.len() > MAX_CLIENT_FRAME {
+                    budget = budget.saturating_sub(n);
+                    // Read on only while the socket may hold more, the
+                    // budget lasts and the buffer stays small; epoll
+                    // reports the rest later.
+                    if n < chunk.len() || budget == 0 || side.buf.len() > MAX_CLIENT_FRAME {
                         break;
                     }
                 }
@@ -854,6 +901,56 @@ mod tests {
         }
         assert_eq!(batch.len(), 1);
         assert!(matches!(batch[0].0, Request::Status));
+    }
+
+    /// A large request arrives over several polls: one poll reads at most
+    /// `READ_BUDGET` bytes of one connection, and the request still comes
+    /// out whole.
+    #[test]
+    fn one_poll_reads_at_most_the_budget_of_a_connection() {
+        let (mut reader, _inbox) = idle_reader();
+        let value = vec![7u8; 3 * READ_BUDGET];
+        let request = Request::Write {
+            client_id: 1,
+            seq: 1,
+            op: crate::kv::protocol::Op::Put {
+                key: b"k".to_vec(),
+                value: value.clone(),
+            },
+        };
+        let mut bytes = Vec::new();
+        frame::encode_frame_into(&request, &mut bytes).unwrap();
+        let mut client = TcpStream::connect(reader.listener.local_addr().unwrap()).unwrap();
+        let writer = std::thread::spawn(move || io::Write::write_all(&mut client, &bytes));
+        let mut batch = Vec::new();
+        let mut polls = 0;
+        let deadline = Instant::now() + LONG / 2;
+        while batch.is_empty() && Instant::now() < deadline {
+            reader
+                .poll(Duration::from_millis(50), &mut batch, || false)
+                .unwrap();
+            polls += 1;
+            for side in reader.conns.values() {
+                assert!(
+                    side.buf.len() <= READ_BUDGET * polls,
+                    "read past the budget"
+                );
+            }
+        }
+        writer.join().unwrap().unwrap();
+        assert!(
+            polls >= 4,
+            "{} bytes came in {polls} polls",
+            3 * READ_BUDGET
+        );
+        assert_eq!(batch.len(), 1);
+        match &batch[0].0 {
+            Request::Write {
+                op: crate::kv::protocol::Op::Put { value: got, .. },
+                ..
+            } => assert!(got == &value, "the value changed on the way"),
+            other => panic!("unexpected request {other:?}"),
+        }
     }
 
     #[test]

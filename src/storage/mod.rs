@@ -152,10 +152,12 @@ pub trait KvStorage: Send {
     /// Starts making the writes so far durable without waiting for the disk.
     /// They are durable once a later [`flush`](KvStorage::flush) returns; a
     /// failure of the background work is reported by the next call of either
-    /// method. At most one background flush runs at a time; calling this
-    /// while one runs may do nothing. The default flushes in the foreground.
-    fn flush_background(&mut self) -> Result<()> {
-        self.flush()
+    /// method. At most one background flush runs at a time: calling this
+    /// while one runs may do nothing and return `false`; `true` says the
+    /// writes so far are durable or on their way. The default flushes in
+    /// the foreground.
+    fn flush_background(&mut self) -> Result<bool> {
+        self.flush().map(|()| true)
     }
     /// About how many bytes a flush writes (0 if unknown). The server spaces
     /// its flushes by it, so that their cost stays proportional to the

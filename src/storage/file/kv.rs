@@ -204,11 +204,14 @@ impl KvStorage for FileKv {
 
     /// Copies the store's table (keys and values are shared, not copied),
     /// then sorts, encodes, writes, syncs and renames the snapshot on a
-    /// background thread. Skipped while the previous background flush
-    /// still runs.
-    fn flush_background(&mut self) -> Result<()> {
-        if !self.finish_background(false)? || !self.dirty {
-            return Ok(());
+    /// background thread. Skipped (returning `false`) while the previous
+    /// background flush still runs.
+    fn flush_background(&mut self) -> Result<bool> {
+        if !self.finish_background(false)? {
+            return Ok(false);
+        }
+        if !self.dirty {
+            return Ok(true);
         }
         let values = self.data.values.clone();
         let applied = self.applied;
@@ -224,7 +227,7 @@ impl KvStorage for FileKv {
             .map_err(|e| Error::io("spawning the snapshot writer", e))?;
         self.background = Some(handle);
         self.dirty = false;
-        Ok(())
+        Ok(true)
     }
 }
 
