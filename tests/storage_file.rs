@@ -308,12 +308,14 @@ fn torn_header_is_an_error_not_a_repair() {
 }
 
 #[test]
-fn zeroed_or_garbage_tail_is_a_torn_write() {
+fn garbage_tail_is_a_torn_write() {
     let dir = tempdir();
     let entries: Vec<Entry> = (1..=4).map(|i| entry(i, 1, 30)).collect();
     let bytes = build_log(dir.path(), &entries);
     let path = log_path(dir.path());
-    for tail in [vec![0u8; 4096], noise(7, 3000), noise(8, 5)] {
+    let mut torn_record = vec![0u8; 4096];
+    torn_record[..20].copy_from_slice(&noise(9, 20));
+    for tail in [noise(7, 3000), noise(8, 5), torn_record] {
         let mut damaged = bytes.clone();
         damaged.extend_from_slice(&tail);
         fs::write(&path, &damaged).unwrap();
@@ -322,6 +324,111 @@ fn zeroed_or_garbage_tail_is_a_torn_write() {
         drop(log);
         assert_eq!(fs::read(&path).unwrap(), bytes);
     }
+}
+
+/// Zeros after the last record are space written ahead of the log, not
+/// damage: opening keeps them, and appends go over them.
+#[test]
+fn zero_tail_is_room_ahead_of_the_log() {
+    let dir = tempdir();
+    let entries: Vec<Entry> = (1..=4).map(|i| entry(i, 1, 30)).collect();
+    let bytes = build_log(dir.path(), &entries);
+    let path = log_path(dir.path());
+    let mut padded = bytes.clone();
+    padded.resize(bytes.len() + 8192, 0);
+    fs::write(&path, &padded).unwrap();
+    let mut log = open_log(dir.path()).unwrap();
+    assert_eq!(all_entries(&log), entries);
+    assert_eq!(fs::read(&path).unwrap(), padded, "the zeros were cut");
+    let more = entry(5, 2, 100);
+    log.append(std::slice::from_ref(&more)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let after = fs::read(&path).unwrap();
+    assert_eq!(after.len(), padded.len(), "the append grew the file");
+    let end = bytes.len() + record_len(&more) as usize;
+    assert!(after[end..].iter().all(|&b| b == 0));
+    let log = open_log(dir.path()).unwrap();
+    let mut all = entries.clone();
+    all.push(more);
+    assert_eq!(all_entries(&log), all);
+}
+
+/// A sync interrupted by a crash may leave later pages written and earlier
+/// ones not (zeros in preallocated space). Records after such a hole were
+/// never synced (a sync covers every byte before it), so they are cut with
+/// the torn record rather than reported as corruption.
+#[test]
+fn unsynced_records_after_a_zeroed_sector_are_a_torn_tail() {
+    let dir = tempdir();
+    let entries: Vec<Entry> = (1..=8).map(|i| entry(i, 1, 700)).collect();
+    let bytes = build_log(dir.path(), &entries);
+    let bounds = record_bounds(&entries);
+    let path = log_path(dir.path());
+    // Zero two 512-byte sectors from the first one inside record 4: they
+    // reach into record 5, and records 6 to 8 stay intact after the hole.
+    let start = bounds[3].div_ceil(512) * 512;
+    let hole = start as usize..start as usize + 1024;
+    assert!(start < bounds[4] && hole.end as u64 > bounds[4] && hole.end as u64 <= bounds[5]);
+    let mut damaged = bytes.clone();
+    damaged[hole.clone()].fill(0);
+    damaged.resize(bytes.len() + 4096, 0);
+    fs::write(&path, &damaged).unwrap();
+    let log = open_log(dir.path()).unwrap();
+    assert_eq!(log.last_index(), 3);
+    assert!(all_entries(&log) == entries[..3]);
+    drop(log);
+    assert_eq!(fs::metadata(&path).unwrap().len(), bounds[3]);
+
+    // The same damage without a zeroed sector (garbage instead) is still
+    // corruption: good records follow bad ones.
+    let mut garbage = bytes.clone();
+    garbage[hole.clone()].copy_from_slice(&noise(3, hole.len()));
+    fs::write(&path, &garbage).unwrap();
+    assert_corrupt(open_log(dir.path()), &path);
+    assert_eq!(fs::read(&path).unwrap(), garbage, "the file was changed");
+}
+
+/// A log that grows past a megabyte gets zeros written ahead of its end;
+/// what it holds reads back the same, through a reopen and more appends.
+#[test]
+fn a_growing_log_writes_zeros_ahead_and_reads_back_whole() {
+    let dir = tempdir();
+    let path = log_path(dir.path());
+    let mut log = open_log(dir.path()).unwrap();
+    let mut all = Vec::new();
+    let mut index = 1;
+    let mut append = |log: &mut FileLog, all: &mut Vec<Entry>, count: u64| {
+        for _ in 0..count {
+            let batch: Vec<Entry> = (index..index + 16).map(|i| entry(i, 1, 900)).collect();
+            index += 16;
+            log.append(&batch).unwrap();
+            log.sync().unwrap();
+            all.extend(batch);
+        }
+    };
+    append(&mut log, &mut all, 200);
+    let end = *record_bounds(&all).last().unwrap();
+    drop(log);
+    let len = fs::metadata(&path).unwrap().len();
+    assert!(len > end, "no zeros ahead: file {len} bytes, log {end}");
+    let bytes = fs::read(&path).unwrap();
+    assert!(bytes[end as usize..].iter().all(|&b| b == 0));
+
+    let mut log = open_log(dir.path()).unwrap();
+    assert_eq!(all_entries(&log), all);
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        len,
+        "the zeros were cut"
+    );
+    append(&mut log, &mut all, 100);
+    // A truncation inside the written part drops the zeros ahead with it.
+    log.truncate_after(10).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open_log(dir.path()).unwrap();
+    assert_eq!(all_entries(&log), all[..10]);
 }
 
 #[test]

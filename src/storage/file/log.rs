@@ -16,6 +16,7 @@
 //!   0  length         u32      length of the body (16 + data length)
 //!   4  crc            u32      CRC-32 of salt, length field and body
 //!   8  body           index u64, term u64, data
+//! then zeros: room written ahead of time (see `prealloc`), or nothing
 //! ```
 //!
 //! The salt makes records of one file unforgeable by entry data: a client
@@ -47,26 +48,33 @@
 //!
 //! # Opening: torn tails versus corruption
 //!
-//! Opening reads and checks every record. At the first record that is
-//! damaged (too short for its header, a length outside the valid range or
-//! running past the end of the file, or a checksum mismatch) the rest of the
-//! file is searched, at every byte offset, for any record that checks out
-//! and carries an index at or after the expected one:
+//! Opening reads and checks every record. The first record that is damaged
+//! (too short for its header, a length outside the valid range or running
+//! past the end of the file, or a checksum mismatch) ends the log. If the
+//! file holds only zeros from there on, that is the room written ahead and
+//! nothing changes. Otherwise the rest of the file is searched, at every
+//! byte offset, for any record that checks out and carries an index at or
+//! after the expected one:
 //!
 //! - none found: the damage is a torn tail, what a crash in the middle of an
 //!   append leaves. The file is cut back to the last good record (and the cut
 //!   synced), and a warning is logged.
-//! - one found: good data follows bad data, which no crash of this writer
-//!   produces. Opening fails with [`Error::Corrupt`] naming the file and the
-//!   offset of the damaged record, and the file is left untouched.
+//! - one found, with a whole 512-byte sector of zeros between the damaged
+//!   record and it: a sync was cut short after the disk wrote later sectors
+//!   but not earlier ones (a sector it never wrote still holds the zeros
+//!   written ahead). The records after the hole were never synced, since a
+//!   sync covers every byte before them, so they are cut with the torn
+//!   record, and a warning is logged.
+//! - one found, and no zero sector before it: good data follows bad data,
+//!   which no crash of this writer produces. Opening fails with
+//!   [`Error::Corrupt`] naming the file and the offset of the damaged
+//!   record, and the file is left untouched.
 //!
 //! A record that checks out but carries the wrong index is corruption too.
 //! The limits of this scheme: damage confined to the last record (bit rot of
 //! a synced record, say) is indistinguishable from a torn write and is cut
-//! off; and a file system that persisted *unsynced* appended pages out of
-//! order could leave a hole followed by good records, which is reported as
-//! corruption (the usual journaling file systems do not do this for
-//! appends).
+//! off, and so is damage to a record whose own data holds a zero sector
+//! (an entry with 512 zero bytes in a row) when later records follow.
 //!
 //! # Compaction
 //!
@@ -82,6 +90,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::prealloc::Zeroer;
 use super::{
     Claim, check_magic_version, commit_tmp, create_tmp, read_exact_at, remove_stale_tmp,
     replace_file, u32_at, u64_at, write_all_at,
@@ -107,6 +116,9 @@ const MAX_INDEX: LogIndex = i64::MAX as LogIndex;
 const WRITE_THRESHOLD: usize = 256 << 10;
 /// Unit of reading when copying or searching the file.
 const CHUNK: usize = 1 << 20;
+/// The smallest unit a disk writes whole; a torn or never-written write
+/// leaves whole sectors of zeros in preallocated space.
+const SECTOR: u64 = 512;
 
 /// A crash-safe [`LogStorage`] in one file. Open it with
 /// [`DataDir::log`](super::DataDir::log); see the module docs of
@@ -136,6 +148,8 @@ pub struct FileLog {
     changes: u64,
     /// What sync jobs report back, and the failure flag.
     shared: Arc<SyncShared>,
+    /// Keeps zeros written ahead of the log's end.
+    zeroer: Zeroer,
     _claim: Claim,
 }
 
@@ -247,26 +261,41 @@ impl FileLog {
         }
         drop(reader);
 
-        if let Some(reason) = damage {
+        let mut file_len = len;
+        // A tail of zeros is space written ahead (see `prealloc`): the end.
+        if let Some(reason) = damage
+            && !all_zero(&file, pos, len).map_err(|e| io_err("reading", e))?
+        {
             let expected = prefix_index + offsets.len() as LogIndex + 1;
-            if let Some(found) = find_record(&file, salt, pos + 1, len, expected)
-                .map_err(|e| io_err("reading", e))?
-            {
-                return Err(corrupt(
-                    pos,
-                    format!(
-                        "damaged record ({reason}) followed by a valid record at offset {found}"
-                    ),
-                ));
-            }
+            let found = find_record(&file, salt, pos + 1, len, expected)
+                .map_err(|e| io_err("reading", e))?;
+            let what = match found {
+                None => "left by an interrupted append",
+                // Every sync covers all bytes before it, so a record after
+                // a sector that was never written was itself never synced.
+                Some(found)
+                    if has_zero_sector(&file, pos, found).map_err(|e| io_err("reading", e))? =>
+                {
+                    "and unsynced records after it, left by an interrupted sync"
+                }
+                Some(found) => {
+                    return Err(corrupt(
+                        pos,
+                        format!(
+                            "damaged record ({reason}) followed by a valid record at offset \
+                             {found}"
+                        ),
+                    ));
+                }
+            };
             ::log::warn!(
-                "{}: cutting a torn record at offset {pos} ({reason}; {} bytes) left by an \
-                 interrupted append",
+                "{}: cutting a torn record at offset {pos} ({reason}; {} bytes) {what}",
                 path.display(),
                 len - pos
             );
             file.set_len(pos).map_err(|e| io_err("truncating", e))?;
             file.sync_data().map_err(|e| io_err("syncing", e))?;
+            file_len = pos;
         }
         Ok(FileLog {
             path: path.to_path_buf(),
@@ -280,6 +309,7 @@ impl FileLog {
             pending: Vec::new(),
             changes: 0,
             shared: Arc::default(),
+            zeroer: Zeroer::new(file_len),
             _claim: claim,
         })
     }
@@ -320,6 +350,8 @@ impl FileLog {
         if self.pending.is_empty() {
             return Ok(());
         }
+        let to = self.written + self.pending.len() as u64;
+        self.zeroer.before_write(&self.file, to);
         if let Err(e) = write_all_at(&self.file, &self.pending, self.written) {
             self.fail();
             return Err(Error::io(format!("writing {}", self.path.display()), e));
@@ -497,10 +529,13 @@ impl LogStorage for FileLog {
         if cut >= self.written {
             self.pending.truncate((cut - self.written) as usize);
         } else {
+            // The zeros ahead go too; a running helper finishes first.
+            self.zeroer.finish();
             if let Err(e) = self.file.set_len(cut) {
                 self.fail();
                 return Err(Error::io(format!("truncating {}", self.path.display()), e));
             }
+            self.zeroer.reset(cut);
             self.pending.clear();
             self.written = cut;
         }
@@ -528,6 +563,7 @@ impl LogStorage for FileLog {
         } else {
             self.offset_of(index + 1)
         };
+        self.zeroer.finish();
         let (tmp, file) = create_tmp(&self.path)?;
         if let Err(e) = self.write_compacted(&mut BufWriter::new(&file), index, term, keep_from) {
             let _ = std::fs::remove_file(&tmp);
@@ -559,6 +595,7 @@ impl LogStorage for FileLog {
         }
         self.file = Arc::new(file);
         self.written = HEADER_LEN + (end - keep_from);
+        self.zeroer.reset(self.written);
         self.pending.clear();
         self.prefix_index = index;
         self.prefix_term = term;
@@ -593,6 +630,7 @@ impl LogStorage for FileLog {
 
 impl Drop for FileLog {
     fn drop(&mut self) {
+        self.zeroer.stop();
         if !self.failed()
             && let Err(e) = self.write_pending()
         {
@@ -698,6 +736,37 @@ fn read_record(
 /// Searches `from..end` of the file, at every byte offset, for a record
 /// that checks out and holds an index of at least `min_index`; returns the
 /// offset of the first one found.
+/// Whether bytes `from..to` of `file` are all zero.
+fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut chunk = vec![0u8; CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = CHUNK.min((to - at) as usize);
+        read_exact_at(file, &mut chunk[..n], at)?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+/// Whether `from..to` of `file` holds a whole [`SECTOR`]-aligned sector of
+/// zeros: a sector the disk never wrote (preallocated space, or a hole).
+fn has_zero_sector(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let first = from.div_ceil(SECTOR) * SECTOR;
+    let mut sector = [0u8; SECTOR as usize];
+    let mut at = first;
+    while at + SECTOR <= to {
+        read_exact_at(file, &mut sector, at)?;
+        if sector.iter().all(|&b| b == 0) {
+            return Ok(true);
+        }
+        at += SECTOR;
+    }
+    Ok(false)
+}
+
 fn find_record(
     file: &File,
     salt: u32,

@@ -47,6 +47,7 @@ use crate::{Error, Result};
 mod identity;
 mod kv;
 mod log;
+mod prealloc;
 mod state;
 
 pub use identity::Identity;
