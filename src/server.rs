@@ -3,7 +3,7 @@
 //!
 //! Threads:
 //! - the **event loop** owns the [`Node`], the [`KvStateMachine`] and the
-//!   client port. It waits in one `epoll_wait` (see [`clients`]) for client
+//!   client port. It waits in one `epoll_wait` (see the `clients` module) for client
 //!   requests, its other inputs (peer messages, finished syncs, shutdown) or
 //!   the next tick, reads every client socket that is ready and handles
 //!   every input that is waiting, then runs the Raft

@@ -46,7 +46,7 @@ pub fn measure(sync_dir: &Path, budget: FloorBudget) -> Result<Floor> {
     })
 }
 
-/// Appends [`APPEND_BYTES`] to a fresh file in `dir` and `fdatasync`s it,
+/// Appends 300 bytes (`APPEND_BYTES`) to a fresh file in `dir` and `fdatasync`s it,
 /// over and over, timing each append plus sync. The file is removed after.
 pub fn measure_fdatasync(dir: &Path, budget: FloorBudget) -> Result<Percentiles> {
     let nanos = SystemTime::now()
@@ -88,7 +88,7 @@ pub fn measure_fdatasync(dir: &Path, budget: FloorBudget) -> Result<Percentiles>
     result
 }
 
-/// Sends [`MESSAGE_BYTES`] over loopback TCP to a thread that echoes them,
+/// Sends 64-byte messages (`MESSAGE_BYTES`) over loopback TCP to a thread that echoes them,
 /// timing each round trip.
 pub fn measure_loopback_rtt(budget: FloorBudget) -> Result<Percentiles> {
     let listener = TcpListener::bind("127.0.0.1:0")

@@ -36,7 +36,7 @@
 //!   or enqueues. A full queue drops the message and counts it
 //!   ([`TcpStats::dropped_queue_full`]); Raft retransmits what matters.
 //! - Bytes of one connection leave in order: the writer holds the peer's
-//!   [`Link`] lock while it writes and flushes, a direct write takes the
+//!   `Link` lock while it writes and flushes, a direct write takes the
 //!   lock only when nothing is queued, and the tail of a partly written
 //!   frame is queued for the same connection (dropped with it if it closes).
 //! - A dead, slow or paused peer stalls only its own writer thread, and only
