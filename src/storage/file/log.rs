@@ -309,7 +309,7 @@ impl FileLog {
             pending: Vec::new(),
             changes: 0,
             shared: Arc::default(),
-            zeroer: Zeroer::new(file_len),
+            zeroer: Zeroer::new(path, file_len),
             _claim: claim,
         })
     }
@@ -351,7 +351,7 @@ impl FileLog {
             return Ok(());
         }
         let to = self.written + self.pending.len() as u64;
-        self.zeroer.before_write(&self.file, to);
+        self.zeroer.before_write(to);
         if let Err(e) = write_all_at(&self.file, &self.pending, self.written) {
             self.fail();
             return Err(Error::io(format!("writing {}", self.path.display()), e));
@@ -529,8 +529,8 @@ impl LogStorage for FileLog {
         if cut >= self.written {
             self.pending.truncate((cut - self.written) as usize);
         } else {
-            // The zeros ahead go too; a running helper finishes first.
-            self.zeroer.finish();
+            // The zeros ahead go too; a running helper stops first.
+            self.zeroer.finish(true);
             if let Err(e) = self.file.set_len(cut) {
                 self.fail();
                 return Err(Error::io(format!("truncating {}", self.path.display()), e));
@@ -563,7 +563,7 @@ impl LogStorage for FileLog {
         } else {
             self.offset_of(index + 1)
         };
-        self.zeroer.finish();
+        self.zeroer.finish(true);
         let (tmp, file) = create_tmp(&self.path)?;
         if let Err(e) = self.write_compacted(&mut BufWriter::new(&file), index, term, keep_from) {
             let _ = std::fs::remove_file(&tmp);
