@@ -135,6 +135,23 @@ fn forge_record(salt: u32, e: &Entry) -> Vec<u8> {
     rec
 }
 
+/// The log format's data keystream (splitmix64 seeded from the salt and
+/// the entry's index), written out from the format description: XORing an
+/// entry's data with it gives the bytes the file stores, and back.
+fn scramble(salt: u32, index: LogIndex, data: &mut [u8]) {
+    let mut state = (u64::from(salt) << 32) ^ index.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    for chunk in data.chunks_mut(8) {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        for (b, k) in chunk.iter_mut().zip(z.to_le_bytes()) {
+            *b ^= k;
+        }
+    }
+}
+
 fn salt_of(log_bytes: &[u8]) -> u32 {
     u32::from_le_bytes(log_bytes[12..16].try_into().unwrap())
 }
@@ -389,6 +406,38 @@ fn unsynced_records_after_a_zeroed_sector_are_a_torn_tail() {
     assert_eq!(fs::read(&path).unwrap(), garbage, "the file was changed");
 }
 
+/// Entry data is stored scrambled, so entries full of zeros leave no zero
+/// sector in the file, and a bit flip in such a record (followed by good
+/// records) is corruption, not a torn sync.
+#[test]
+fn zero_filled_entries_leave_no_zero_sector() {
+    let dir = tempdir();
+    let entries: Vec<Entry> = (1..=8)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            data: vec![0; 2048],
+        })
+        .collect();
+    let bytes = build_log(dir.path(), &entries);
+    let bounds = record_bounds(&entries);
+    let end = *bounds.last().unwrap() as usize;
+    let first = (LOG_HEADER as usize).div_ceil(512) * 512;
+    for sector in bytes[first..end - end % 512].chunks(512) {
+        assert!(sector.iter().any(|&b| b != 0), "a zero sector was written");
+    }
+    let log = open_log(dir.path()).unwrap();
+    assert!(all_entries(&log) == entries, "entries changed on the way");
+    drop(log);
+
+    let path = log_path(dir.path());
+    let mut damaged = bytes.clone();
+    damaged[bounds[2] as usize + 4] ^= 1;
+    fs::write(&path, &damaged).unwrap();
+    assert_corrupt_at(open_log(dir.path()), &path, bounds[2]);
+    assert_eq!(fs::read(&path).unwrap(), damaged, "the file was changed");
+}
+
 /// A log that grows past a megabyte gets zeros written ahead of its end;
 /// what it holds reads back the same, through a reopen and more appends.
 #[test]
@@ -397,11 +446,10 @@ fn a_growing_log_writes_zeros_ahead_and_reads_back_whole() {
     let path = log_path(dir.path());
     let mut log = open_log(dir.path()).unwrap();
     let mut all = Vec::new();
-    let mut index = 1;
-    let mut append = |log: &mut FileLog, all: &mut Vec<Entry>, count: u64| {
+    let append = |log: &mut FileLog, all: &mut Vec<Entry>, count: u64| {
         for _ in 0..count {
+            let index = log.last_index() + 1;
             let batch: Vec<Entry> = (index..index + 16).map(|i| entry(i, 1, 900)).collect();
-            index += 16;
             log.append(&batch).unwrap();
             log.sync().unwrap();
             all.extend(batch);
@@ -427,8 +475,19 @@ fn a_growing_log_writes_zeros_ahead_and_reads_back_whole() {
     log.truncate_after(10).unwrap();
     log.sync().unwrap();
     drop(log);
+    let cut = record_bounds(&all[..10]).last().copied().unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), cut);
+    let mut log = open_log(dir.path()).unwrap();
+    assert!(all_entries(&log) == all[..10]);
+    // Compaction writes a new file of the kept records alone; the zeros come
+    // back as it grows again, and everything reads back.
+    all.truncate(10);
+    append(&mut log, &mut all, 150);
+    log.discard_through(5, 1).unwrap();
+    append(&mut log, &mut all, 150);
+    drop(log);
     let log = open_log(dir.path()).unwrap();
-    assert_eq!(all_entries(&log), all[..10]);
+    assert!(all_entries(&log) == all[5..], "entries changed on the way");
 }
 
 #[test]
@@ -505,6 +564,9 @@ fn records_forged_inside_entry_data_do_not_fool_recovery() {
         let mut data = vec![0xAB; 10];
         data.extend(forge_record(forge_salt, &entry(3, 1, 8)));
         data.extend([0xCD; 10]);
+        // Entry data is stored scrambled; scramble it beforehand so that the
+        // file holds the look-alike as is.
+        scramble(salt, 2, &mut data);
         let second = Entry {
             index: 2,
             term: 1,
@@ -563,10 +625,13 @@ fn bad_log_files_are_errors() {
     let path = log_path(dir.path());
     let valid = build_log(dir.path(), &[entry(1, 1, 4)]);
 
-    let mut future = valid.clone();
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let crc = crc32fast::hash(&future[..32]);
-    future[32..36].copy_from_slice(&crc.to_le_bytes());
+    let with_version = |version: u32| {
+        let mut bytes = valid.clone();
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..32]);
+        bytes[32..36].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    };
     let mut bad_header_crc = valid.clone();
     bad_header_crc[20] ^= 1;
     let mut huge_prefix = valid[..LOG_HEADER as usize].to_vec();
@@ -580,7 +645,9 @@ fn bad_log_files_are_errors() {
         ("empty", Vec::new()),
         ("short header", valid[..20].to_vec()),
         ("garbage", noise(1, 500)),
-        ("future version", future),
+        ("future version", with_version(3)),
+        // Version 1 stored entry data unscrambled.
+        ("old version", with_version(1)),
         ("header checksum", bad_header_crc),
         ("magic", other_magic),
         ("prefix index", huge_prefix),
@@ -590,7 +657,10 @@ fn bad_log_files_are_errors() {
         let err = open_log(dir.path()).expect_err(what);
         assert!(matches!(err, Error::Corrupt { .. }), "{what}: {err}");
         if what == "future version" {
-            assert!(err.to_string().contains("version 2"), "{err}");
+            assert!(err.to_string().contains("version 3"), "{err}");
+        }
+        if what == "old version" {
+            assert!(err.to_string().contains("version 1"), "{err}");
         }
         assert_eq!(fs::read(&path).unwrap(), bytes, "{what}: file changed");
     }

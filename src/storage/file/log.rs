@@ -7,7 +7,7 @@
 //! ```text
 //! header (36 bytes):
 //!   0  magic          8 bytes  "KVAPPLOG"
-//!   8  version        u32      1
+//!   8  version        u32      2
 //!   12 salt           u32      random, chosen when the file is created
 //!   16 prefix index   u64      index of the last discarded entry (0: none)
 //!   24 prefix term    u64      term of that entry (0: none)
@@ -15,13 +15,19 @@
 //! then one record per entry, back to back:
 //!   0  length         u32      length of the body (16 + data length)
 //!   4  crc            u32      CRC-32 of salt, length field and body
-//!   8  body           index u64, term u64, data
+//!   8  body           index u64, term u64, data (scrambled, below)
 //! then zeros: room written ahead of time (see `prealloc`), or nothing
 //! ```
 //!
 //! The salt makes records of one file unforgeable by entry data: a client
 //! that stores bytes looking like a record inside a value cannot produce a
 //! record that checks out, so the scan on open (below) is not fooled.
+//!
+//! Entry data is stored XORed with a keystream drawn from the salt and the
+//! entry's index. So a written log holds no 512-byte sector of zeros, even
+//! where entries hold long runs of zeros, and a zero sector can only be one
+//! the disk never wrote (see the opening rules below). Version 1 stored the
+//! data as is; this build refuses such files.
 //!
 //! # Invariants
 //!
@@ -73,8 +79,10 @@
 //! A record that checks out but carries the wrong index is corruption too.
 //! The limits of this scheme: damage confined to the last record (bit rot of
 //! a synced record, say) is indistinguishable from a torn write and is cut
-//! off, and so is damage to a record whose own data holds a zero sector
-//! (an entry with 512 zero bytes in a row) when later records follow.
+//! off; and damage that zeroes a whole sector in the middle of synced
+//! records (a lost write the disk acknowledged) reads as a torn sync and
+//! cuts the records after it. Scrambled data makes a zero sector in a
+//! written log as unlikely as guessing the salt and the keystream.
 //!
 //! # Compaction
 //!
@@ -99,7 +107,7 @@ use crate::storage::{Entry, LogStorage, SyncJob};
 use crate::{Error, LogIndex, Result, Term};
 
 const MAGIC: [u8; 8] = *b"KVAPPLOG";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Length of the file header.
 const HEADER_LEN: u64 = 36;
 /// Length of a record's length and checksum fields.
@@ -482,10 +490,12 @@ impl LogStorage for FileLog {
                     u64_at(body, 0)
                 )));
             }
+            let mut data = body[BODY_FIXED..].to_vec();
+            scramble(self.salt, index, &mut data);
             out.push(Entry {
                 index,
                 term: u64_at(body, 8),
-                data: body[BODY_FIXED..].to_vec(),
+                data,
             });
             at += RECORD_HEADER + len;
         }
@@ -695,9 +705,37 @@ fn encode_record(buf: &mut Vec<u8>, salt: u32, e: &Entry) {
     buf.extend_from_slice(&[0u8; 4]);
     buf.extend_from_slice(&e.index.to_le_bytes());
     buf.extend_from_slice(&e.term.to_le_bytes());
+    let data_start = buf.len();
     buf.extend_from_slice(&e.data);
+    scramble(salt, e.index, &mut buf[data_start..]);
     let crc = record_crc(salt, &buf[start..start + 4], &buf[start + RECORD_HEADER..]);
     buf[start + 4..start + RECORD_HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// XORs `data`, the data of entry `index` in a log with `salt`, with the
+/// entry's keystream (splitmix64 seeded from both), which stores or restores
+/// it.
+fn scramble(salt: u32, index: LogIndex, data: &mut [u8]) {
+    let mut state = (u64::from(salt) << 32) ^ index.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes((&*chunk).try_into().expect("8 bytes")) ^ next();
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let key = next().to_le_bytes();
+        for (b, k) in rest.iter_mut().zip(key) {
+            *b ^= k;
+        }
+    }
 }
 
 /// Reads the record starting at the reader's position into `body` and
