@@ -406,6 +406,35 @@ fn unsynced_records_after_a_zeroed_sector_are_a_torn_tail() {
     assert_eq!(fs::read(&path).unwrap(), garbage, "the file was changed");
 }
 
+/// A crash in the middle of a zero run leaves zeros and then a hole (the
+/// part not written yet) after the last record: both read as zeros, so the
+/// log opens whole, keeps the space and appends over it.
+#[test]
+fn zeros_then_a_hole_after_the_records_are_room_ahead() {
+    let dir = tempdir();
+    let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1, 300)).collect();
+    let bytes = build_log(dir.path(), &entries);
+    let path = log_path(dir.path());
+    let mut padded = bytes.clone();
+    padded.resize(bytes.len() + (128 << 10), 0);
+    fs::write(&path, &padded).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(padded.len() as u64 + (1 << 20)).unwrap();
+    drop(file);
+    let len = fs::metadata(&path).unwrap().len();
+    let mut log = open_log(dir.path()).unwrap();
+    assert!(all_entries(&log) == entries, "entries changed on the way");
+    assert_eq!(fs::metadata(&path).unwrap().len(), len, "the room was cut");
+    let more = entry(7, 2, 300);
+    log.append(std::slice::from_ref(&more)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open_log(dir.path()).unwrap();
+    let mut all = entries.clone();
+    all.push(more);
+    assert!(all_entries(&log) == all, "entries changed on the way");
+}
+
 /// Entry data is stored scrambled, so entries full of zeros leave no zero
 /// sector in the file, and a bit flip in such a record (followed by good
 /// records) is corruption, not a torn sync.
