@@ -23,8 +23,9 @@
 //!
 //! Nothing here affects what the log holds: bytes past its last record are
 //! zeros or absent, and opening treats a zero tail as the end (see the
-//! module docs of `log`). A failure to write zeros is logged and stops
-//! further preallocation; the log then grows the file as it writes.
+//! module docs of `log`). A failure to write zeros (a full disk, say) is
+//! logged and pauses preallocation for [`RETRY_AFTER`]; the log then grows
+//! the file as it writes.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use super::write_all_at;
 
@@ -47,6 +49,8 @@ const LOW_WATER: u64 = 4 << 20;
 /// How far past the log's end the first run starts, so that the log keeps
 /// writing while it runs.
 const SLACK: u64 = 1 << 20;
+/// How long preallocation pauses after a helper failed.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Bytes written (and flushed) per call while zeroing.
 const CHUNK: usize = 128 << 10;
 
@@ -61,8 +65,10 @@ pub(super) struct Zeroer {
     zeroed_to: u64,
     /// The running helper and the range it owns.
     job: Option<Job>,
-    /// A helper failed, or the log is closing: no more preallocation.
-    disabled: bool,
+    /// A helper failed: no preallocation before this time.
+    paused_until: Option<Instant>,
+    /// The log is closing: no more preallocation.
+    closing: bool,
 }
 
 #[derive(Debug)]
@@ -84,7 +90,8 @@ impl Zeroer {
             path: path.to_path_buf(),
             zeroed_to: len,
             job: None,
-            disabled: false,
+            paused_until: None,
+            closing: false,
         }
     }
 
@@ -99,8 +106,14 @@ impl Zeroer {
                 self.finish(false);
             }
         }
-        if self.disabled || self.job.is_some() || to < START_AT {
+        if self.closing || self.job.is_some() || to < START_AT {
             return;
+        }
+        if let Some(until) = self.paused_until {
+            if Instant::now() < until {
+                return;
+            }
+            self.paused_until = None;
         }
         if to + LOW_WATER > self.zeroed_to {
             let start = self.zeroed_to.max(to + SLACK);
@@ -152,7 +165,7 @@ impl Zeroer {
     /// Stops the running helper and starts no more (the log is closing).
     pub(super) fn stop(&mut self) {
         self.finish(true);
-        self.disabled = true;
+        self.closing = true;
     }
 
     /// Starts over for a file cut or replaced to `len` bytes; the caller
@@ -163,8 +176,12 @@ impl Zeroer {
     }
 
     fn give_up(&mut self, e: &io::Error) {
-        ::log::warn!("writing zeros ahead of the log failed ({e}); the log grows as it writes");
-        self.disabled = true;
+        ::log::warn!(
+            "writing zeros ahead of the log failed ({e}); the log grows as it writes for the \
+             next {} s",
+            RETRY_AFTER.as_secs()
+        );
+        self.paused_until = Some(Instant::now() + RETRY_AFTER);
     }
 }
 
