@@ -51,8 +51,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use super::{
-    Claim, check_checksummed, commit_tmp, corrupt_at, create_tmp, read_file, remove_stale_tmp,
-    u32_at, u64_at,
+    Claim, PacedWriter, WRITE_BACK_CHUNK, check_checksummed, commit_tmp, corrupt_at, create_tmp,
+    read_file, remove_stale_tmp, u32_at, u64_at,
 };
 use crate::storage::{KvStorage, KvWrite};
 use crate::{Error, LogIndex, Result};
@@ -138,7 +138,9 @@ fn publish_snapshot<'a>(
     pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Result<()> {
     let (tmp, file) = create_tmp(path)?;
-    let mut w = BufWriter::with_capacity(1 << 20, &file);
+    // Written back as it goes, so the sync in `commit_tmp` does not put the
+    // whole store in front of the log's syncs at once.
+    let mut w = BufWriter::with_capacity(WRITE_BACK_CHUNK, PacedWriter::new(&file));
     if let Err(e) = write_snapshot(&mut w, applied, pairs) {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(format!("writing {}", tmp.display()), e));

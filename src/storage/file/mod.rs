@@ -387,6 +387,71 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Bytes a background writer lets pile up in the page cache before it
+/// writes them back ([`write_back`]). Small enough that a log sync meeting
+/// them in the disk's queue waits little (1 MiB at a time doubled the
+/// 64-client put p99 when the log's zeros were written that way).
+const WRITE_BACK_CHUNK: usize = 128 << 10;
+
+/// Writes bytes `offset..offset + len` of `file` back to the disk and waits
+/// for them (not for the disk's cache, nor for metadata: a later sync still
+/// makes them durable). Background writers call it as they go, so that
+/// their final sync does not send megabytes to the disk at once, in front
+/// of the log's syncs.
+fn write_back(file: &File, offset: u64, len: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a live descriptor.
+    let r = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes to a file from its start, writing back every
+/// [`WRITE_BACK_CHUNK`] bytes as it goes (see [`write_back`]).
+struct PacedWriter<'a> {
+    file: &'a File,
+    written: u64,
+    written_back: u64,
+}
+
+impl<'a> PacedWriter<'a> {
+    fn new(file: &'a File) -> PacedWriter<'a> {
+        PacedWriter {
+            file,
+            written: 0,
+            written_back: 0,
+        }
+    }
+}
+
+impl io::Write for PacedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&*self.file).write(buf)?;
+        self.written += n as u64;
+        let pending = (self.written - self.written_back) as usize;
+        if pending >= WRITE_BACK_CHUNK {
+            write_back(self.file, self.written_back, pending)?;
+            self.written_back = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(unix)]
 fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)

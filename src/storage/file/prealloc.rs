@@ -29,14 +29,13 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::write_all_at;
+use super::{WRITE_BACK_CHUNK, write_all_at, write_back};
 
 /// Logs shorter than this are not preallocated (most test logs, and a
 /// node's first moments).
@@ -51,8 +50,6 @@ const LOW_WATER: u64 = 4 << 20;
 const SLACK: u64 = 1 << 20;
 /// How long preallocation pauses after a helper failed.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
-/// Bytes written (and flushed) per call while zeroing.
-const CHUNK: usize = 128 << 10;
 
 /// Keeps zeroed space ahead of a log file's end; see the module docs.
 #[derive(Debug)]
@@ -203,28 +200,15 @@ fn zero_range(
     done_to: &AtomicU64,
 ) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
-    let zeros = vec![0u8; CHUNK];
+    let zeros = vec![0u8; WRITE_BACK_CHUNK];
     let mut at = start;
     while at < stop {
         if cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let n = ((stop - at) as usize).min(CHUNK);
+        let n = ((stop - at) as usize).min(WRITE_BACK_CHUNK);
         write_all_at(&file, &zeros[..n], at)?;
-        // SAFETY: plain syscall on a live descriptor; the range is ours.
-        let r = unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                at as libc::off64_t,
-                n as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        write_back(&file, at, n)?;
         at += n as u64;
         done_to.store(at, Ordering::Relaxed);
     }
