@@ -3,10 +3,10 @@
 //!
 //! Threads:
 //! - the **event loop** owns the [`Node`], the [`KvStateMachine`] and the
-//!   client port. It waits in one `epoll_wait` (see the `clients` module) for client
-//!   requests, its other inputs (peer messages, finished syncs, shutdown) or
-//!   the next tick, reads every client socket that is ready and handles
-//!   every input that is waiting, then runs the Raft
+//!   client port. It waits in one `epoll_wait` (see the `clients` module)
+//!   for client requests, peer messages, its other inputs (finished syncs,
+//!   shutdown) or the next tick, reads every client and peer socket that is
+//!   ready and handles every input that is waiting, then runs the Raft
 //!   driving loop once: send the node's messages, start a log sync if the
 //!   log changed and none is running, apply committed entries and answer the
 //!   clients whose requests completed. A leader never waits for the disk,
@@ -14,15 +14,20 @@
 //!   made while one sync runs is covered by the next (group commit);
 //! - the **log syncer** runs the sync jobs (`fdatasync`) the loop hands it
 //!   and reports back to the event loop as an input;
-//! - the **transport** (see [`crate::network`]) delivers peer messages into
-//!   the loop's channel and sends on its own writer threads.
+//! - the **transport** (see [`crate::network`]) accepts peer connections,
+//!   checks their handshake and hands each one to the loop (see the `peers`
+//!   module; a transport without sockets delivers into the loop's channel),
+//!   and sends on its own writer threads.
 //!
 //! Inputs from other threads go into the loop's channel and ring an
-//! `eventfd` only when the loop sleeps. Client requests need no other
-//! thread: the loop reads them and writes each answer to the client's
-//! socket itself, without blocking. (An earlier design read clients on a
-//! thread of their own; handing requests across cost a wake-up per batch
-//! and, measured on a 2-core machine, about 15% of the read throughput.)
+//! `eventfd` only when the loop sleeps. Client requests and peer messages
+//! need no other thread: the loop reads them and writes each answer to the
+//! client's socket itself, without blocking. (An earlier design read
+//! clients on a thread of their own; handing requests across cost a wake-up
+//! per batch and, measured on a 2-core machine, about 15% of the read
+//! throughput. Peer messages went through a reader thread per connection
+//! until session 5; reading them in the loop gave 64-client gets about 9%
+//! and took about 10% off the single-client put's median.)
 //!
 //! Invariants: a client hears `Done` for a write only after its entry was
 //! committed and applied; a read is served only when the Raft core released
@@ -30,7 +35,7 @@
 //! machine has applied up to the read's index.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -39,7 +44,7 @@ use std::time::{Duration, Instant};
 use crate::kv::KvStateMachine;
 use crate::kv::protocol::{Command, NodeStatus, Outcome, Query, Request, Response};
 use crate::network::frame::encode;
-use crate::network::{Inbox, Transport};
+use crate::network::{Adopt, Inbox, Transport};
 use crate::raft::{self, Message, Node};
 use crate::storage::{KvStorage, LogStorage, StateStorage, SyncJob};
 use crate::timing::TimingConfig;
@@ -74,11 +79,15 @@ pub fn default_client_addr(raft_addr: SocketAddr) -> Result<SocketAddr> {
 }
 
 mod clients;
+mod peers;
 
 use clients::{ClientReader, Replies, Reply, Waker};
 
 enum Input {
     Peer(NodeId, Message),
+    /// An inbound peer connection the transport hands over (see
+    /// [`Adopt`]): the peer, the stream, bytes already read, frame limit.
+    Adopt(NodeId, TcpStream, Vec<u8>, usize),
     /// The log sync the loop started has finished.
     Synced(Result<()>),
     Shutdown,
@@ -250,7 +259,11 @@ impl ServerBuilder {
         let inbox: Inbox = Arc::new(move |from, msg| {
             inbox_tx.send(Input::Peer(from, msg));
         });
-        transport.start(inbox)?;
+        let adopt_tx = tx.clone();
+        let adopt: Adopt = Arc::new(move |from, stream, leftover, max_frame| {
+            adopt_tx.send(Input::Adopt(from, stream, leftover, max_frame));
+        });
+        transport.start_adopting(inbox, adopt)?;
 
         let status = Arc::new(Mutex::new(NodeStatus {
             id,
@@ -284,6 +297,7 @@ impl ServerBuilder {
             inputs: rx,
             reader,
             client_batch: Vec::new(),
+            peer_batch: Vec::new(),
             tick: timing.tick(),
             pending_writes: BTreeMap::new(),
             pending_reads: HashMap::new(),
@@ -437,6 +451,8 @@ struct EventLoop<L: LogStorage, S: StateStorage> {
     reader: ClientReader,
     /// Requests read by the last poll, each with where to answer it.
     client_batch: Vec<(Request, Reply)>,
+    /// Reused buffer for the messages read from adopted peer connections.
+    peer_batch: Vec<(NodeId, Message)>,
     tick: Duration,
     /// Writes proposed by this node, by log index.
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
@@ -485,18 +501,26 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
                 next_tick.saturating_duration_since(now)
             };
             let mut batch = std::mem::take(&mut self.client_batch);
+            let mut peer_msgs = std::mem::take(&mut self.peer_batch);
             let mut early = None;
             let inputs = &self.inputs;
-            let polled = self.reader.poll(timeout, &mut batch, || {
+            let polled = self.reader.poll(timeout, &mut batch, &mut peer_msgs, || {
                 early = inputs.try_recv().ok();
                 early.is_some()
             });
-            let served = polled.and_then(|()| {
-                batch
-                    .drain(..)
-                    .try_for_each(|(request, reply)| self.client_request(request, reply))
-            });
+            let served = polled
+                .and_then(|()| {
+                    peer_msgs
+                        .drain(..)
+                        .try_for_each(|(from, msg)| self.node.step(from, msg))
+                })
+                .and_then(|()| {
+                    batch
+                        .drain(..)
+                        .try_for_each(|(request, reply)| self.client_request(request, reply))
+                });
             self.client_batch = batch;
+            self.peer_batch = peer_msgs;
             if first.is_none() {
                 first = early.or_else(|| self.inputs.try_recv().ok());
             }
@@ -541,6 +565,9 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
     fn handle(&mut self, input: Input) -> Result<bool> {
         match input {
             Input::Peer(from, msg) => self.node.step(from, msg)?,
+            Input::Adopt(from, stream, leftover, max_frame) => {
+                self.reader.adopt_peer(from, stream, leftover, max_frame);
+            }
             Input::Synced(result) => self.node.finish_sync(result)?,
             Input::Shutdown => return Ok(false),
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kvapp_c::network::frame::{self, MAGIC, VERSION};
 use kvapp_c::network::tcp::{PROTOCOL, TcpConfig, TcpTransport, cluster_identity};
-use kvapp_c::network::{Inbox, Transport};
+use kvapp_c::network::{Adopt, Inbox, Transport};
 use kvapp_c::raft::Message;
 use kvapp_c::storage::Entry;
 use kvapp_c::{Error, NodeId};
@@ -726,4 +726,70 @@ fn lifecycle_start_twice_send_before_start_and_repeated_shutdown() {
     assert!(matches!(t.start(inbox), Err(Error::Shutdown)));
     // The port is free again.
     TcpListener::bind(addrs[0]).expect("port released by shutdown");
+}
+
+/// With an [`Adopt`] the transport hands a connection over once its
+/// handshake named a member: the stream and the bytes it had read past the
+/// handshake carry the peer's messages in order, and none reaches the
+/// inbox. A bad handshake is still refused by the transport.
+#[test]
+fn handshaken_connections_are_handed_to_the_adopter() {
+    init_log();
+    let listeners: Vec<TcpListener> = (0..2).map(|_| free_listener()).collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let cluster_id = cluster_identity(&addrs);
+    let cfg = config(1, &addrs);
+    let max = cfg.max_frame;
+    let listener = listeners.into_iter().next().unwrap();
+    let mut node = TcpTransport::with_listener(cfg, listener).unwrap();
+    let (inbox, rx) = channel_inbox();
+    let (adopt_tx, adopted) = mpsc::channel();
+    let adopt_tx = Mutex::new(adopt_tx);
+    let adopt: Adopt = Arc::new(move |from, stream, leftover, max_frame| {
+        let _ = adopt_tx
+            .lock()
+            .unwrap()
+            .send((from, stream, leftover, max_frame));
+    });
+    node.start_adopting(inbox, adopt).unwrap();
+
+    // A stranger's handshake is refused, not handed over.
+    let mut stranger = TcpStream::connect(addrs[0]).unwrap();
+    stranger
+        .write_all(&hello_frame(PROTOCOL, &cluster_id, 9))
+        .unwrap();
+    assert!(closed_by_peer(&mut stranger));
+    assert!(adopted.try_recv().is_err(), "a stranger was handed over");
+
+    // The handshake and two messages in one write, a third one later.
+    let mut peer = TcpStream::connect(addrs[0]).unwrap();
+    let mut bytes = hello_frame(PROTOCOL, &cluster_id, 2);
+    bytes.extend(frame_bytes(&frame::encode(&msg(1))));
+    bytes.extend(frame_bytes(&frame::encode(&msg(2))));
+    peer.write_all(&bytes).unwrap();
+    let (from, mut stream, mut buf, max_frame) = adopted.recv_timeout(DEADLINE).unwrap();
+    assert_eq!((from, max_frame), (2, max));
+    peer.write_all(&frame_bytes(&frame::encode(&msg(3))))
+        .unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let Some(header) = buf.first_chunk::<{ frame::HEADER_LEN }>() {
+            let end = frame::HEADER_LEN + frame::body_len(header, max).unwrap();
+            if buf.len() >= end {
+                let m: Message = frame::decode(&buf[frame::HEADER_LEN..end]).unwrap();
+                got.push(m.term());
+                buf.drain(..end);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the adopted stream ended early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(got, vec![1, 2, 3]);
+    assert!(rx.try_recv().is_err(), "a message reached the inbox");
+    assert_eq!(node.stats().received, 0);
+    node.shutdown();
 }

@@ -18,11 +18,26 @@ use crate::{NodeId, Result};
 /// Where a transport delivers inbound messages: `(sender, message)`.
 pub type Inbox = Arc<dyn Fn(NodeId, Message) + Send + Sync>;
 
+/// Takes over an inbound connection whose handshake named its peer, so that
+/// its owner reads the peer's frames itself (the server's event loop waits
+/// on them in its own `epoll`, saving a thread hand-off per message). It gets
+/// the peer, the stream, the bytes already read past the handshake and the
+/// largest frame body to accept.
+pub type Adopt = Arc<dyn Fn(NodeId, TcpStream, Vec<u8>, usize) + Send + Sync>;
+
 /// Sends Raft messages to peers and delivers theirs to an [`Inbox`].
 pub trait Transport: Send {
     /// Starts accepting and delivering inbound messages to `inbox`. Called
     /// once, before any `send`.
     fn start(&mut self, inbox: Inbox) -> Result<()>;
+    /// Like [`start`](Transport::start), but a transport over sockets may
+    /// hand inbound connections to `adopt` once their peer is known, rather
+    /// than read them itself; `inbox` still gets whatever it reads. The
+    /// default ignores `adopt`.
+    fn start_adopting(&mut self, inbox: Inbox, adopt: Adopt) -> Result<()> {
+        let _ = adopt;
+        self.start(inbox)
+    }
     /// Queues `msg` for peer `to`. Never blocks: if the peer is unreachable
     /// or its queue is full the message may be dropped (Raft retries).
     fn send(&mut self, to: NodeId, msg: Message);

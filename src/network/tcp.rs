@@ -6,6 +6,11 @@
 //!   thread per connection.
 //! - A reader thread reads frames, decodes each into a [`Message`] and hands
 //!   it to the [`Inbox`], attributed to the node named in the handshake.
+//!   Started with [`Transport::start_adopting`], the reader instead hands
+//!   the connection, once its handshake checks out, to the [`Adopt`] (with
+//!   the bytes it read past the handshake) and ends: the server's event loop
+//!   reads its peers itself. Handshakes, their deadline and the limit on
+//!   connections still happen here.
 //! - One writer thread per peer owns that peer's outbound connection. It
 //!   takes messages from a bounded queue, connects lazily, writes frames
 //!   through a buffer and flushes whenever the queue is momentarily empty, so
@@ -75,7 +80,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -83,7 +88,7 @@ use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
 use super::frame::{self, read_frame, write_frame};
-use super::{Inbox, Transport, send_nonblocking};
+use super::{Adopt, Inbox, Transport, send_nonblocking};
 use crate::raft::Message;
 use crate::{Error, NodeId, Result};
 
@@ -229,7 +234,8 @@ pub struct TcpStats {
     /// Direct writes the socket took only in part, their rest left to the
     /// writer thread.
     pub direct_tails: u64,
-    /// Inbound messages delivered to the inbox.
+    /// Inbound messages delivered to the inbox (not those of connections
+    /// handed to an [`Adopt`]).
     pub received: u64,
     /// Messages dropped because their peer's queue was full.
     pub dropped_queue_full: u64,
@@ -306,6 +312,9 @@ struct Shared {
     /// The current outbound stream of each writer, so shutdown can unblock a
     /// writer stuck on a paused peer.
     outbound: Mutex<HashMap<NodeId, TcpStream>>,
+    /// Set by [`Transport::start_adopting`]: who takes handshaken inbound
+    /// connections over.
+    adopt: OnceLock<Adopt>,
 }
 
 impl Shared {
@@ -417,6 +426,7 @@ impl TcpTransport {
                 counters: Counters::default(),
                 inbound: Mutex::new(Inbound::default()),
                 outbound: Mutex::new(HashMap::new()),
+                adopt: OnceLock::new(),
             }),
             local_addr,
             listener: Some(listener),
@@ -510,6 +520,15 @@ impl Transport for TcpTransport {
             self.shared.config.peers.len()
         );
         Ok(())
+    }
+
+    fn start_adopting(&mut self, inbox: Inbox, adopt: Adopt) -> Result<()> {
+        if self.phase == Phase::Bound {
+            // Set before any reader thread exists; only `start` can fail
+            // after this, and then no connection is ever accepted.
+            let _ = self.shared.adopt.set(adopt);
+        }
+        self.start(inbox)
     }
 
     fn send(&mut self, to: NodeId, msg: Message) {
@@ -1219,6 +1238,17 @@ impl Reader {
             config.id,
             self.describe()
         );
+        if let Some(adopt) = self.shared.adopt.get() {
+            let leftover = input.buffer().to_vec();
+            let stream = input.into_inner().stream;
+            debug!(
+                "node {}: handing the connection from {} to the event loop",
+                config.id,
+                self.describe()
+            );
+            adopt(from, stream, leftover, config.max_frame);
+            return Ok(());
+        }
 
         while let Some(body) = read_frame(&mut input, config.max_frame)? {
             let msg: Message = frame::decode(&body)?;

@@ -29,9 +29,12 @@ use std::sync::Arc;
 use std::sync::atomic::{self, AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::peers::{FIRST_PEER_TOKEN, PeerConns};
+use crate::NodeId;
 use crate::kv::protocol::{Request, Response};
 use crate::network::frame::{self, decode};
 use crate::network::send_nonblocking;
+use crate::raft::Message;
 use crate::{Error, Result};
 
 /// Largest request frame accepted on the client port: room for a cas whose
@@ -44,11 +47,11 @@ const MAX_CLIENT_CONNECTIONS: usize = 4096;
 /// the connection is closed.
 const MAX_STALLED_BYTES: usize = 16 << 20;
 /// Bytes read from a socket per `read` call.
-const READ_CHUNK: usize = 64 << 10;
+pub(super) const READ_CHUNK: usize = 64 << 10;
 /// Most bytes read from one connection per `poll`; the rest waits for the
 /// next one (epoll is level-triggered), so one fast sender cannot hold the
 /// loop while the others wait.
-const READ_BUDGET: usize = 4 * READ_CHUNK;
+pub(super) const READ_BUDGET: usize = 4 * READ_CHUNK;
 /// Most connections accepted per `poll`, for the same reason.
 const ACCEPTS_PER_POLL: usize = 64;
 /// Least time between two warnings that accepting failed.
@@ -133,7 +136,7 @@ impl Waker {
 }
 
 /// The epoll instance of the reader.
-struct Poller {
+pub(super) struct Poller {
     fd: OwnedFd,
 }
 
@@ -162,7 +165,7 @@ impl Poller {
         Ok(())
     }
 
-    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    pub(super) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, true)
     }
 
@@ -170,7 +173,7 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_MOD, fd, token, readable)
     }
 
-    fn remove(&self, fd: RawFd) {
+    pub(super) fn remove(&self, fd: RawFd) {
         // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
         unsafe {
             libc::epoll_ctl(
@@ -234,6 +237,8 @@ pub(super) struct ClientReader {
     inbox: Arc<Waker>,
     conns: HashMap<u64, ReadSide>,
     next_token: u64,
+    /// Inbound peer connections the transport handed over.
+    peers: PeerConns,
     /// Accepting failed (out of descriptors?); the listener is unwatched
     /// until then ([`ACCEPT_RETRY_MS`] after the failure).
     accept_paused_until: Option<Instant>,
@@ -285,6 +290,7 @@ impl ClientReader {
             inbox: inbox.clone(),
             conns: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
+            peers: PeerConns::new(),
             accept_paused_until: None,
             accept_warned: None,
             accept_failures_unreported: 0,
@@ -297,19 +303,24 @@ impl ClientReader {
         Ok((reader, inbox))
     }
 
-    /// Waits up to `timeout` for a client socket or the inbox waker, then
-    /// reads what arrived; the complete requests of free connections go to
-    /// `batch`. A zero `timeout` only looks. Before sleeping, the inbox is
-    /// armed and `input_waiting` asked: if it says an input is already
+    /// Waits up to `timeout` for a client socket, an adopted peer
+    /// connection or the inbox waker, then reads what arrived; the complete
+    /// requests of free connections go to `batch`, the peers' messages to
+    /// `peer_msgs`. A zero `timeout` only looks. Before sleeping, the inbox
+    /// is armed and `input_waiting` asked: if it says an input is already
     /// there, the wait is skipped, so no input sent meanwhile is missed.
     pub(super) fn poll(
         &mut self,
         timeout: Duration,
         batch: &mut Vec<(Request, Reply)>,
+        peer_msgs: &mut Vec<(NodeId, Message)>,
         input_waiting: impl FnOnce() -> bool,
     ) -> Result<()> {
         // Round up, so a wait shorter than a millisecond does not spin.
         let mut timeout_ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        if self.peers.has_ready() {
+            timeout_ms = 0;
+        }
         if timeout_ms > 0 {
             self.inbox.wanted.store(true, Ordering::SeqCst);
             // Pairs with the fence in `Waker::notify`.
@@ -350,7 +361,9 @@ impl ClientReader {
             }
         }
         for event in &events {
-            match event.u64 {
+            // Copied out: the field of the packed struct may be unaligned.
+            let token = event.u64;
+            match token {
                 LISTENER_TOKEN => self.accept(),
                 WAKE_TOKEN => {
                     self.waker.drain();
@@ -358,14 +371,29 @@ impl ClientReader {
                     self.resume_held(batch);
                 }
                 INBOX_TOKEN => self.inbox.drain(),
-                token => self.read(token, batch),
+                _ if token >= FIRST_PEER_TOKEN => self.peers.read(&self.poller, token),
+                _ => self.read(token, batch),
             }
         }
         self.events = events;
+        self.peers.take_ready(peer_msgs);
         if self.partial > 0 && self.last_sweep.elapsed().as_millis() >= SWEEP_MS as u128 {
             self.close_stuck();
         }
         Ok(())
+    }
+
+    /// Takes over an inbound peer connection from the transport (see the
+    /// `peers` module); its messages come out of the next `poll`.
+    pub(super) fn adopt_peer(
+        &mut self,
+        node: NodeId,
+        stream: TcpStream,
+        leftover: Vec<u8>,
+        max_frame: usize,
+    ) {
+        self.peers
+            .adopt(&self.poller, node, stream, leftover, max_frame);
     }
 
     /// Accepts up to [`ACCEPTS_PER_POLL`] waiting connections.
@@ -856,7 +884,9 @@ mod tests {
         };
         let start = Instant::now();
         let mut batch = Vec::new();
-        reader.poll(LONG, &mut batch, || false).unwrap();
+        reader
+            .poll(LONG, &mut batch, &mut Vec::new(), || false)
+            .unwrap();
         assert!(
             start.elapsed() < LONG / 2,
             "the notify did not wake the poll"
@@ -874,7 +904,7 @@ mod tests {
         let start = Instant::now();
         let mut asked = false;
         reader
-            .poll(LONG, &mut Vec::new(), || {
+            .poll(LONG, &mut Vec::new(), &mut Vec::new(), || {
                 asked = true;
                 true
             })
@@ -901,7 +931,12 @@ mod tests {
         let deadline = Instant::now() + LONG / 2;
         while batch.is_empty() && Instant::now() < deadline {
             reader
-                .poll(Duration::from_millis(50), &mut batch, || false)
+                .poll(
+                    Duration::from_millis(50),
+                    &mut batch,
+                    &mut Vec::new(),
+                    || false,
+                )
                 .unwrap();
         }
         assert_eq!(batch.len(), 1);
@@ -934,7 +969,12 @@ mod tests {
         let deadline = Instant::now() + LONG / 2;
         while batch.is_empty() && Instant::now() < deadline {
             reader
-                .poll(Duration::from_millis(50), &mut batch, || false)
+                .poll(
+                    Duration::from_millis(50),
+                    &mut batch,
+                    &mut Vec::new(),
+                    || false,
+                )
                 .unwrap();
             // What this poll read: the buffer's growth, or the rest of the
             // frame once the request came out whole.
