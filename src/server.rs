@@ -35,7 +35,7 @@
 //! machine has applied up to the read's index.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use crate::kv::KvStateMachine;
 use crate::kv::protocol::{Command, NodeStatus, Outcome, Query, Request, Response};
 use crate::network::frame::encode;
-use crate::network::{Adopt, Inbox, Transport};
+use crate::network::{Adopt, Handover, Inbox, Transport};
 use crate::raft::{self, Message, Node};
 use crate::storage::{KvStorage, LogStorage, StateStorage, SyncJob};
 use crate::timing::TimingConfig;
@@ -86,8 +86,8 @@ use clients::{ClientReader, Replies, Reply, Waker};
 enum Input {
     Peer(NodeId, Message),
     /// An inbound peer connection the transport hands over (see
-    /// [`Adopt`]): the peer, the stream, bytes already read, frame limit.
-    Adopt(NodeId, TcpStream, Vec<u8>, usize),
+    /// [`Adopt`]).
+    Adopt(Handover),
     /// The log sync the loop started has finished.
     Synced(Result<()>),
     Shutdown,
@@ -260,8 +260,8 @@ impl ServerBuilder {
             inbox_tx.send(Input::Peer(from, msg));
         });
         let adopt_tx = tx.clone();
-        let adopt: Adopt = Arc::new(move |from, stream, leftover, max_frame| {
-            adopt_tx.send(Input::Adopt(from, stream, leftover, max_frame));
+        let adopt: Adopt = Arc::new(move |handover| {
+            adopt_tx.send(Input::Adopt(handover));
         });
         transport.start_adopting(inbox, adopt)?;
 
@@ -565,9 +565,7 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
     fn handle(&mut self, input: Input) -> Result<bool> {
         match input {
             Input::Peer(from, msg) => self.node.step(from, msg)?,
-            Input::Adopt(from, stream, leftover, max_frame) => {
-                self.reader.adopt_peer(from, stream, leftover, max_frame);
-            }
+            Input::Adopt(handover) => self.reader.adopt_peer(handover),
             Input::Synced(result) => self.node.finish_sync(result)?,
             Input::Shutdown => return Ok(false),
         }

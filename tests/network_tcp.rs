@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kvapp_c::network::frame::{self, MAGIC, VERSION};
 use kvapp_c::network::tcp::{PROTOCOL, TcpConfig, TcpTransport, cluster_identity};
-use kvapp_c::network::{Adopt, Inbox, Transport};
+use kvapp_c::network::{Adopt, Handover, Inbox, Transport};
 use kvapp_c::raft::Message;
 use kvapp_c::storage::Entry;
 use kvapp_c::{Error, NodeId};
@@ -745,11 +745,11 @@ fn handshaken_connections_are_handed_to_the_adopter() {
     let (inbox, rx) = channel_inbox();
     let (adopt_tx, adopted) = mpsc::channel();
     let adopt_tx = Mutex::new(adopt_tx);
-    let adopt: Adopt = Arc::new(move |from, stream, leftover, max_frame| {
+    let adopt: Adopt = Arc::new(move |h: Handover| {
         let _ = adopt_tx
             .lock()
             .unwrap()
-            .send((from, stream, leftover, max_frame));
+            .send((h.node, h.stream, h.leftover, h.max_frame));
     });
     node.start_adopting(inbox, adopt).unwrap();
 

@@ -20,10 +20,24 @@ pub type Inbox = Arc<dyn Fn(NodeId, Message) + Send + Sync>;
 
 /// Takes over an inbound connection whose handshake named its peer, so that
 /// its owner reads the peer's frames itself (the server's event loop waits
-/// on them in its own `epoll`, saving a thread hand-off per message). It gets
-/// the peer, the stream, the bytes already read past the handshake and the
-/// largest frame body to accept.
-pub type Adopt = Arc<dyn Fn(NodeId, TcpStream, Vec<u8>, usize) + Send + Sync>;
+/// on them in its own `epoll`, saving a thread hand-off per message).
+pub type Adopt = Arc<dyn Fn(Handover) + Send + Sync>;
+
+/// An inbound connection handed to an [`Adopt`].
+#[derive(Debug)]
+pub struct Handover {
+    /// The peer the handshake named.
+    pub node: NodeId,
+    /// Grows with every connection the transport accepts: of two hand-overs
+    /// from one peer, the greater is the newer connection, whichever arrives
+    /// first.
+    pub order: u64,
+    pub stream: TcpStream,
+    /// Bytes already read from the stream past the handshake.
+    pub leftover: Vec<u8>,
+    /// The largest frame body to accept.
+    pub max_frame: usize,
+}
 
 /// Sends Raft messages to peers and delivers theirs to an [`Inbox`].
 pub trait Transport: Send {

@@ -10,7 +10,10 @@
 //!   the connection, once its handshake checks out, to the [`Adopt`] (with
 //!   the bytes it read past the handshake) and ends: the server's event loop
 //!   reads its peers itself. Handshakes, their deadline and the limit on
-//!   connections still happen here.
+//!   connections still happen here; a connection handed over no longer
+//!   counts against [`TcpConfig::max_inbound`] (its owner keeps one per
+//!   peer), its bad frames are not counted as rejected connections, and its
+//!   owner replaces it when the peer dials again.
 //! - One writer thread per peer owns that peer's outbound connection. It
 //!   takes messages from a bounded queue, connects lazily, writes frames
 //!   through a buffer and flushes whenever the queue is momentarily empty, so
@@ -88,7 +91,7 @@ use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
 use super::frame::{self, read_frame, write_frame};
-use super::{Adopt, Inbox, Transport, send_nonblocking};
+use super::{Adopt, Handover, Inbox, Transport, send_nonblocking};
 use crate::raft::Message;
 use crate::{Error, NodeId, Result};
 
@@ -1115,6 +1118,7 @@ fn accept(stream: TcpStream, shared: &Arc<Shared>, inbox: &Inbox) {
         remote,
         shared: Arc::clone(shared),
         node: None,
+        handed_over: false,
     };
     let inbox = Arc::clone(inbox);
     let spawned = thread::Builder::new()
@@ -1147,12 +1151,15 @@ struct Reader {
     shared: Arc<Shared>,
     /// The peer, once the handshake named it.
     node: Option<NodeId>,
+    /// The connection went to the [`Adopt`].
+    handed_over: bool,
 }
 
 impl Reader {
     fn run(mut self, stream: TcpStream, inbox: Inbox) {
         let id = self.shared.config.id;
         match self.serve(stream, &inbox) {
+            Ok(()) if self.handed_over => {}
             Ok(()) => debug!(
                 "node {id}: Raft connection from {} closed by the peer",
                 self.describe()
@@ -1246,7 +1253,14 @@ impl Reader {
                 config.id,
                 self.describe()
             );
-            adopt(from, stream, leftover, config.max_frame);
+            adopt(Handover {
+                node: from,
+                order: self.conn_id,
+                stream,
+                leftover,
+                max_frame: config.max_frame,
+            });
+            self.handed_over = true;
             return Ok(());
         }
 

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use super::peers::{FIRST_PEER_TOKEN, PeerConns};
 use crate::NodeId;
 use crate::kv::protocol::{Request, Response};
+use crate::network::Handover;
 use crate::network::frame::{self, decode};
 use crate::network::send_nonblocking;
 use crate::raft::Message;
@@ -385,15 +386,8 @@ impl ClientReader {
 
     /// Takes over an inbound peer connection from the transport (see the
     /// `peers` module); its messages come out of the next `poll`.
-    pub(super) fn adopt_peer(
-        &mut self,
-        node: NodeId,
-        stream: TcpStream,
-        leftover: Vec<u8>,
-        max_frame: usize,
-    ) {
-        self.peers
-            .adopt(&self.poller, node, stream, leftover, max_frame);
+    pub(super) fn adopt_peer(&mut self, handover: Handover) {
+        self.peers.adopt(&self.poller, handover);
     }
 
     /// Accepts up to [`ACCEPTS_PER_POLL`] waiting connections.

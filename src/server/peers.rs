@@ -19,6 +19,7 @@ use std::os::fd::AsRawFd;
 
 use super::clients::{Poller, READ_BUDGET, READ_CHUNK};
 use crate::NodeId;
+use crate::network::Handover;
 use crate::network::frame::{self, decode};
 use crate::raft::Message;
 
@@ -27,6 +28,8 @@ pub(super) const FIRST_PEER_TOKEN: u64 = 1 << 62;
 
 struct PeerConn {
     node: NodeId,
+    /// The transport's order of the connection ([`Handover::order`]).
+    order: u64,
     stream: TcpStream,
     /// Bytes read and not yet cut into frames.
     buf: Vec<u8>,
@@ -56,19 +59,24 @@ impl PeerConns {
         }
     }
 
-    /// Takes over `stream` from `node`, with `leftover` bytes already read
-    /// from it; closes the peer's older connection.
-    pub(super) fn adopt(
-        &mut self,
-        poller: &Poller,
-        node: NodeId,
-        stream: TcpStream,
-        leftover: Vec<u8>,
-        max_frame: usize,
-    ) {
-        if let Some(old) = self.by_node.remove(&node) {
-            log::debug!("closing the older Raft connection from node {node}");
-            self.close(poller, old);
+    /// Takes over a connection from the transport. A newer connection
+    /// from the same peer replaces the older one, which is read one last
+    /// time (what it holds is delivered) and closed; a hand-over older than
+    /// the peer's current connection is dropped.
+    pub(super) fn adopt(&mut self, poller: &Poller, handover: Handover) {
+        let Handover {
+            node,
+            order,
+            stream,
+            leftover,
+            max_frame,
+        } = handover;
+        let current = self.by_node.get(&node).copied();
+        if let Some(old) = current
+            && self.conns.get(&old).is_some_and(|c| c.order > order)
+        {
+            log::debug!("dropping an older Raft connection from node {node}");
+            return;
         }
         if let Err(e) = stream.set_nonblocking(true) {
             log::warn!("closing the Raft connection from node {node}: {e}");
@@ -80,10 +88,16 @@ impl PeerConns {
             log::warn!("closing the Raft connection from node {node}: {e}");
             return;
         }
+        if let Some(old) = current {
+            log::debug!("replacing the older Raft connection from node {node}");
+            self.read(poller, old);
+            self.close(poller, old);
+        }
         self.conns.insert(
             token,
             PeerConn {
                 node,
+                order,
                 stream,
                 buf: leftover,
                 max_frame,
@@ -168,8 +182,10 @@ impl PeerConns {
             at += end;
         };
         conn.buf.drain(..at);
-        if conn.buf.is_empty() && conn.buf.capacity() > READ_CHUNK {
-            conn.buf = Vec::new();
+        // A large frame grew the buffer; do not keep that room for good.
+        let keep = conn.buf.len().max(READ_CHUNK);
+        if conn.buf.capacity() > 2 * keep {
+            conn.buf.shrink_to(keep);
         }
         if let Some(e) = bad {
             log::warn!("closing the Raft connection from node {}: {e}", conn.node);
@@ -213,6 +229,22 @@ mod tests {
         (far, near)
     }
 
+    fn handover(
+        node: NodeId,
+        order: u64,
+        stream: TcpStream,
+        leftover: Vec<u8>,
+        max_frame: usize,
+    ) -> Handover {
+        Handover {
+            node,
+            order,
+            stream,
+            leftover,
+            max_frame,
+        }
+    }
+
     fn message(term: u64) -> Message {
         Message::VoteResponse {
             term,
@@ -246,11 +278,22 @@ mod tests {
         got
     }
 
-    /// Whether the loop closed its end: the peer reads end of stream.
+    /// Whether the loop closed its end before the deadline: the peer reads
+    /// end of stream or a reset (a timeout is not a close).
     fn closed(far: &mut TcpStream) -> bool {
         far.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut buf = [0u8; 64];
-        matches!(far.read(&mut buf), Ok(0) | Err(_))
+        loop {
+            match far.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
     }
 
     /// Bytes read before the hand-over and bytes read after it make one
@@ -262,7 +305,7 @@ mod tests {
         let mut leftover = frame_of(1);
         let second = frame_of(2);
         leftover.extend_from_slice(&second[..5]);
-        reader.adopt_peer(2, near, leftover, frame::MAX_FRAME);
+        reader.adopt_peer(handover(2, 1, near, leftover, frame::MAX_FRAME));
         far.write_all(&second[5..]).unwrap();
         far.write_all(&frame_of(3)).unwrap();
         assert_eq!(poll_for(&mut reader, 3), vec![(2, 1), (2, 2), (2, 3)]);
@@ -283,7 +326,7 @@ mod tests {
         ] {
             let mut reader = reader();
             let (mut far, near) = pair();
-            reader.adopt_peer(3, near, Vec::new(), 1024);
+            reader.adopt_peer(handover(3, 1, near, Vec::new(), 1024));
             let mut bytes = frame_of(7);
             bytes.extend_from_slice(&bad);
             far.write_all(&bytes).unwrap();
@@ -307,17 +350,52 @@ mod tests {
         }
     }
 
-    /// A peer that dials again replaces its older connection, which is
-    /// closed; the new one carries on.
+    /// A peer that dials again replaces its older connection: what the
+    /// older one still held is delivered, then it is closed, and the new
+    /// one carries on.
     #[test]
     fn a_newer_connection_from_a_peer_closes_the_older() {
         let mut reader = reader();
         let (mut old_far, old_near) = pair();
-        reader.adopt_peer(2, old_near, Vec::new(), frame::MAX_FRAME);
+        reader.adopt_peer(handover(2, 1, old_near, Vec::new(), frame::MAX_FRAME));
+        assert!(poll_for(&mut reader, 0).is_empty());
+        old_far.write_all(&frame_of(4)).unwrap();
+        // The frame waits, unread, in the older connection's socket.
+        assert!(sent_all(&old_far), "the frame never left");
         let (mut new_far, new_near) = pair();
-        reader.adopt_peer(2, new_near, Vec::new(), frame::MAX_FRAME);
+        reader.adopt_peer(handover(2, 2, new_near, Vec::new(), frame::MAX_FRAME));
         assert!(closed(&mut old_far), "the older connection stayed open");
         new_far.write_all(&frame_of(5)).unwrap();
-        assert_eq!(poll_for(&mut reader, 1), vec![(2, 5)]);
+        assert_eq!(poll_for(&mut reader, 2), vec![(2, 4), (2, 5)]);
+    }
+
+    /// Hand-overs can reach the loop out of order; an older connection
+    /// arriving after a newer one is closed, and the newer one stays.
+    #[test]
+    fn a_late_older_connection_is_dropped() {
+        let mut reader = reader();
+        let (mut new_far, new_near) = pair();
+        reader.adopt_peer(handover(2, 9, new_near, Vec::new(), frame::MAX_FRAME));
+        let (mut old_far, old_near) = pair();
+        reader.adopt_peer(handover(2, 8, old_near, Vec::new(), frame::MAX_FRAME));
+        assert!(closed(&mut old_far), "the older connection stayed open");
+        new_far.write_all(&frame_of(6)).unwrap();
+        assert_eq!(poll_for(&mut reader, 1), vec![(2, 6)]);
+    }
+
+    /// Whether everything `far` sent has left its send queue (on loopback:
+    /// sits in the other end's receive queue) before the deadline.
+    fn sent_all(far: &TcpStream) -> bool {
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ writes one int for a live socket.
+            let r = unsafe { libc::ioctl(far.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+            if r == 0 && queued == 0 {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
     }
 }
