@@ -857,6 +857,14 @@ mod tests {
         ClientReader::new(listener, Duration::from_secs(30)).unwrap()
     }
 
+    /// Polls once for at most 50 ms, with no input waiting; requests go to
+    /// `batch`.
+    fn poll_briefly(reader: &mut ClientReader, batch: &mut Vec<(Request, Reply)>) {
+        reader
+            .poll(Duration::from_millis(50), batch, &mut Vec::new(), || false)
+            .unwrap();
+    }
+
     /// Far longer than any test waits; a poll that returns well before it
     /// was woken.
     const LONG: Duration = Duration::from_secs(120);
@@ -924,14 +932,7 @@ mod tests {
         let mut batch = Vec::new();
         let deadline = Instant::now() + LONG / 2;
         while batch.is_empty() && Instant::now() < deadline {
-            reader
-                .poll(
-                    Duration::from_millis(50),
-                    &mut batch,
-                    &mut Vec::new(),
-                    || false,
-                )
-                .unwrap();
+            poll_briefly(&mut reader, &mut batch);
         }
         assert_eq!(batch.len(), 1);
         assert!(matches!(batch[0].0, Request::Status));
@@ -962,14 +963,7 @@ mod tests {
         let mut buffered = 0;
         let deadline = Instant::now() + LONG / 2;
         while batch.is_empty() && Instant::now() < deadline {
-            reader
-                .poll(
-                    Duration::from_millis(50),
-                    &mut batch,
-                    &mut Vec::new(),
-                    || false,
-                )
-                .unwrap();
+            poll_briefly(&mut reader, &mut batch);
             // What this poll read: the buffer's growth, or the rest of the
             // frame once the request came out whole.
             let now = if batch.is_empty() {

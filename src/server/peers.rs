@@ -259,21 +259,27 @@ mod tests {
         bytes
     }
 
+    /// Polls once for at most 20 ms; returns the peer messages as
+    /// `(sender, term)`.
+    fn poll_once(reader: &mut ClientReader) -> Vec<(NodeId, u64)> {
+        let mut msgs = Vec::new();
+        reader
+            .poll(
+                Duration::from_millis(20),
+                &mut Vec::new(),
+                &mut msgs,
+                || false,
+            )
+            .unwrap();
+        msgs.into_iter().map(|(from, m)| (from, m.term())).collect()
+    }
+
     /// Polls until `want` messages came out or the deadline passed.
     fn poll_for(reader: &mut ClientReader, want: usize) -> Vec<(NodeId, u64)> {
         let mut got = Vec::new();
         let deadline = Instant::now() + DEADLINE;
         while got.len() < want && Instant::now() < deadline {
-            let mut msgs = Vec::new();
-            reader
-                .poll(
-                    Duration::from_millis(20),
-                    &mut Vec::new(),
-                    &mut msgs,
-                    || false,
-                )
-                .unwrap();
-            got.extend(msgs.into_iter().map(|(from, m)| (from, m.term())));
+            got.extend(poll_once(reader));
         }
         got
     }
@@ -335,16 +341,10 @@ mod tests {
             let closer = std::thread::spawn(move || closed(&mut far));
             let deadline = Instant::now() + DEADLINE;
             while !closer.is_finished() && Instant::now() < deadline {
-                let mut msgs = Vec::new();
-                reader
-                    .poll(
-                        Duration::from_millis(20),
-                        &mut Vec::new(),
-                        &mut msgs,
-                        || false,
-                    )
-                    .unwrap();
-                assert!(msgs.is_empty(), "{what}: a message came after it");
+                assert!(
+                    poll_once(&mut reader).is_empty(),
+                    "{what}: a message came after it"
+                );
             }
             assert!(closer.join().unwrap(), "{what}: the connection stayed open");
         }

@@ -39,7 +39,7 @@ use super::{WRITE_BACK_CHUNK, write_all_at, write_back};
 
 /// Logs shorter than this are not preallocated (most test logs, and a
 /// node's first moments).
-pub(super) const START_AT: u64 = 1 << 20;
+const START_AT: u64 = 1 << 20;
 /// Bytes zeroed by one run of the helper thread.
 const STEP: u64 = 8 << 20;
 /// A new run starts when fewer zeroed bytes than this remain ahead of the
