@@ -108,6 +108,12 @@ pub struct BenchArgs {
     /// --local data directory, else the current directory].
     #[arg(long, value_name = "DIR")]
     pub floor_dir: Option<PathBuf>,
+    /// Scheduling class of the client threads. `batch` (Linux SCHED_BATCH)
+    /// keeps a client woken by an answer from preempting the node that sent
+    /// it, as with clients on other machines; `normal` lets it.
+    #[arg(long, value_name = "batch|normal", default_value = "batch",
+          value_parser = ["batch", "normal"])]
+    pub client_sched: String,
 }
 
 /// Which cluster a run measures.
@@ -150,6 +156,8 @@ pub struct Plan {
     /// Whether to measure the floor.
     pub floor: bool,
     pub floor_dir: Option<PathBuf>,
+    /// Whether the client threads run as SCHED_BATCH.
+    pub batch_sched: bool,
 }
 
 impl Plan {
@@ -226,6 +234,7 @@ impl Plan {
             verify: args.verify,
             floor: args.floor || args.floor_only,
             floor_dir: args.floor_dir.clone(),
+            batch_sched: args.client_sched == "batch",
         })
     }
 }

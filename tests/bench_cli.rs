@@ -78,4 +78,7 @@ fn the_binary_rejects_bad_flags_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--clients"));
     let out = run(&["--duration", "1", "--requests", "1"]);
     assert_eq!(out.status.code(), Some(2));
+    let out = run(&["--client-sched", "idle"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--client-sched"));
 }

@@ -240,6 +240,9 @@ fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Re
         let handle = std::thread::Builder::new()
             .name(format!("bench-client-{index}"))
             .spawn(move || {
+                if own_plan.batch_sched {
+                    set_batch_scheduling(index == 0);
+                }
                 let w = Worker::new(index as u32, &own_plan, addrs, shared, seed);
                 started.wait();
                 w.run()
@@ -311,6 +314,33 @@ const PRELOAD_TAG_BASE: u32 = 900_000;
 
 /// Writes every key once, with up to [`PRELOAD_WRITERS`] threads, printing
 /// progress once a second. Returns the puts (for `--verify`).
+/// Moves the calling thread to SCHED_BATCH: the kernel then never lets it
+/// preempt a running thread when it wakes. A client woken by a node's answer
+/// would otherwise often preempt that node on its CPU, a cost that clients on
+/// other machines never put on a cluster. Failing only costs that, so it is
+/// a warning (printed by the first client only). Returns whether it worked.
+fn set_batch_scheduling(warn: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread and `param` is a valid
+        // sched_param that outlives the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        if rc != 0 && warn {
+            log::warn!(
+                "could not run the clients as SCHED_BATCH ({}); they run as normal threads",
+                std::io::Error::last_os_error()
+            );
+        }
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = warn;
+        false
+    }
+}
+
 fn preload(plan: &Plan, addrs: &[SocketAddr], shared: &Arc<Shared>, seed: u64) -> Vec<PutRecord> {
     progress(&format!(
         "bench: writing all {} keys once before the run",
@@ -625,5 +655,34 @@ fn problem_key(p: &Problem) -> u64 {
         | Problem::Foreign { key }
         | Problem::FromFailedPut { key, .. }
         | Problem::Stale { key, .. } => *key,
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::set_batch_scheduling;
+
+    #[test]
+    fn a_client_thread_moves_to_sched_batch() {
+        // SAFETY (all calls): pid 0 names the calling thread.
+        let own = unsafe { libc::sched_getscheduler(0) };
+        let policy = std::thread::spawn(|| {
+            let before = unsafe { libc::sched_getscheduler(0) };
+            let moved = set_batch_scheduling(false);
+            let after = unsafe { libc::sched_getscheduler(0) };
+            (before, moved, after)
+        })
+        .join()
+        .unwrap();
+        let (before, moved, after) = policy;
+        // A normal thread may always move to SCHED_BATCH; a runner that
+        // starts the tests in another class may forbid it, and then the
+        // thread must keep its class.
+        if before == libc::SCHED_OTHER {
+            assert!(moved);
+        }
+        assert_eq!(after, if moved { libc::SCHED_BATCH } else { before });
+        // Only the calling thread moved.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, own);
     }
 }
