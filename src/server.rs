@@ -61,6 +61,10 @@ const FLUSH_EVERY: u64 = 50_000;
 const FLUSH_LOG_RATIO: u64 = 2;
 /// Bytes counted for an applied entry besides its data (its log record).
 const ENTRY_OVERHEAD: u64 = 24;
+/// Default of [`ServerBuilder::compaction`]: entries kept in the log behind
+/// the state machine's last flush, so that a follower that fell a little
+/// behind catches up from the log rather than with a whole snapshot.
+pub const DEFAULT_COMPACT_KEEP: u64 = 10_000;
 /// Most inputs handled before the loop runs Raft's ready cycle once.
 const MAX_INPUTS_PER_BATCH: usize = 4096;
 
@@ -129,6 +133,8 @@ impl Server {
             keep: Vec::new(),
             seed: None,
             client_frame_timeout: DEFAULT_CLIENT_FRAME_TIMEOUT,
+            flush_every: FLUSH_EVERY,
+            compact_keep: DEFAULT_COMPACT_KEEP,
         }
     }
 }
@@ -148,9 +154,24 @@ pub struct ServerBuilder {
     keep: Vec<Box<dyn Send>>,
     seed: Option<u64>,
     client_frame_timeout: Duration,
+    flush_every: u64,
+    compact_keep: u64,
 }
 
 impl ServerBuilder {
+    /// When the state machine is flushed and the log compacted. The store
+    /// is flushed (in the background) once at least `flush_every` entries
+    /// (default 50 000), holding at least twice the bytes of the store,
+    /// were applied since the last flush; once a flush is durable, the log
+    /// discards its entries except the last `keep` (default
+    /// [`DEFAULT_COMPACT_KEEP`]) before the flushed index. A follower that
+    /// needs discarded entries is sent a snapshot of the store instead.
+    pub fn compaction(mut self, flush_every: u64, keep: u64) -> Self {
+        self.flush_every = flush_every.max(1);
+        self.compact_keep = keep;
+        self
+    }
+
     /// Timing of the node (default: the fast preset).
     pub fn timing(mut self, timing: TimingConfig) -> Self {
         self.timing = timing;
@@ -218,6 +239,8 @@ impl ServerBuilder {
             keep,
             seed,
             client_frame_timeout,
+            flush_every,
+            compact_keep,
         } = self;
         timing.validate()?;
         if id == 0 || id as usize > cluster.len() {
@@ -233,12 +256,15 @@ impl ServerBuilder {
             None => default_client_addr(raft_addr)?,
         };
         let missing = |what: &str| Error::Config(format!("server built without {what}"));
-        let log = log.ok_or_else(|| missing("a log storage"))?;
+        let mut log = log.ok_or_else(|| missing("a log storage"))?;
         let state = state.ok_or_else(|| missing("a state storage"))?;
         let kv = kv.ok_or_else(|| missing("a key-value storage"))?;
         let mut transport = transport.ok_or_else(|| missing("a transport"))?;
 
         let machine = KvStateMachine::new(kv)?;
+        if let Some((index, term)) = machine.installed() {
+            raft::align_log(&mut log, index, term)?;
+        }
         let peers: Vec<NodeId> = (1..=cluster.len() as NodeId).collect();
         let mut config = raft::Config::new(id, peers).with_timing(&timing);
         config.seed = seed.unwrap_or_else(clock_seed);
@@ -307,6 +333,8 @@ impl ServerBuilder {
             status: status.clone(),
             unflushed: 0,
             unflushed_bytes: 0,
+            flush_every,
+            compact_keep,
         };
         let spawned = thread::Builder::new()
             .name(format!("raft-loop-{id}"))
@@ -468,6 +496,9 @@ struct EventLoop<L: LogStorage, S: StateStorage> {
     /// Entries applied since the last flush, and their bytes.
     unflushed: u64,
     unflushed_bytes: u64,
+    /// See [`ServerBuilder::compaction`].
+    flush_every: u64,
+    compact_keep: u64,
 }
 
 impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
@@ -635,6 +666,7 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             for (to, msg) in rd.messages {
                 self.transport.send(to, msg);
             }
+            self.snapshots(rd.snapshot_wanted, rd.snapshot)?;
             // Also with a sync in flight: `begin_sync` then returns any
             // storage error the node met (which `needs_sync` reports), or
             // nothing.
@@ -692,7 +724,7 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         self.serve_reads()?;
         self.fail_overwritten_writes();
         self.replies.flush_stalled();
-        if self.unflushed >= FLUSH_EVERY
+        if self.unflushed >= self.flush_every
             && self.unflushed_bytes >= FLUSH_LOG_RATIO * self.machine.snapshot_bytes()
         {
             // A flush that did not start (the previous one still runs)
@@ -702,7 +734,66 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
                 self.unflushed_bytes = 0;
             }
         }
+        self.compact()?;
         self.publish_status();
+        Ok(())
+    }
+
+    /// Discards the log's entries that the store holds durably, but for
+    /// the last `compact_keep` of them.
+    fn compact(&mut self) -> Result<()> {
+        let target = self
+            .machine
+            .durable_index()
+            .saturating_sub(self.compact_keep);
+        if target >= self.node.log_storage().first_index() {
+            log::debug!(
+                "node {}: discarding log entries through {target}",
+                self.node.config().id
+            );
+            self.node.compact(target)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the node a snapshot for its followers, or installs one from
+    /// the leader, as the ready cycle asks.
+    fn snapshots(&mut self, wanted: bool, received: Option<raft::Snapshot>) -> Result<()> {
+        if wanted {
+            let (index, data) = self.machine.snapshot()?;
+            log::info!(
+                "node {}: sending a snapshot through {index} ({} bytes) to a follower behind \
+                 the log",
+                self.node.config().id,
+                data.len()
+            );
+            self.node.offer_snapshot(index, data)?;
+        }
+        if let Some(snap) = received {
+            let index = snap.index;
+            self.machine.install(&snap.data, index, snap.term)?;
+            log::info!(
+                "node {}: installed a snapshot through {index} ({} bytes) from the leader",
+                self.node.config().id,
+                snap.data.len()
+            );
+            self.node.snapshot_installed(snap.index, snap.term)?;
+            // Writes this node proposed at or below the snapshot may or may
+            // not be in it.
+            let rest = self.pending_writes.split_off(&(index + 1));
+            for (_, pending) in std::mem::replace(&mut self.pending_writes, rest) {
+                self.replies.send(
+                    &pending.reply,
+                    Response::Unknown(
+                        "the node lost leadership and caught up from a snapshot; the write \
+                         may or may not have been applied"
+                            .into(),
+                    ),
+                );
+            }
+            self.unflushed = 0;
+            self.unflushed_bytes = 0;
+        }
         Ok(())
     }
 

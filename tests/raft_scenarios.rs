@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kvapp_c::raft::{Config, Message, Node, ReadState, Role};
 use kvapp_c::storage::memory::{MemoryLog, MemoryState};
-use kvapp_c::storage::{Entry, StateStorage};
+use kvapp_c::storage::{Entry, LogStorage, StateStorage};
 use kvapp_c::{Error, LogIndex, NodeId, Term};
 
 type RaftNode = Node<MemoryLog, MemoryState>;
@@ -41,6 +41,36 @@ struct Cluster {
     delivered: Vec<Envelope>,
     /// Adjusts every node's configuration (PreVote, CheckQuorum, limits).
     tweak: fn(&mut Config),
+    /// Snapshots installed: by which node, through which index.
+    installed: Vec<(NodeId, LogIndex)>,
+}
+
+/// The harness's state machine (the applied entries) as snapshot bytes.
+fn encode_machine(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        out.extend_from_slice(&e.index.to_le_bytes());
+        out.extend_from_slice(&e.term.to_le_bytes());
+        out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.data);
+    }
+    out
+}
+
+fn decode_machine(mut b: &[u8]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let index = u64::from_le_bytes(b[..8].try_into().unwrap());
+        let term = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        let len = u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;
+        out.push(Entry {
+            index,
+            term,
+            data: b[20..20 + len].to_vec(),
+        });
+        b = &b[20 + len..];
+    }
+    out
 }
 
 fn config(id: NodeId, ids: &[NodeId]) -> Config {
@@ -72,6 +102,7 @@ impl Cluster {
             failed_reads: BTreeMap::new(),
             delivered: Vec::new(),
             tweak,
+            installed: Vec::new(),
         };
         for &id in &ids {
             c.logs.insert(id, MemoryLog::new());
@@ -153,6 +184,24 @@ impl Cluster {
                 // The blocking form: what the sync releases comes out of the
                 // next ready.
                 node.sync().expect("sync");
+            }
+            if rd.snapshot_wanted {
+                // The state machine here is the list of applied entries.
+                let entries = &self.applied[&id];
+                let index = entries.last().map_or(0, |e| e.index);
+                node.offer_snapshot(index, encode_machine(entries))
+                    .expect("offer a snapshot");
+            }
+            if let Some(snap) = rd.snapshot {
+                let entries = decode_machine(&snap.data);
+                assert_eq!(
+                    entries.last().map(|e| (e.index, e.term)),
+                    Some((snap.index, snap.term))
+                );
+                self.applied.insert(id, entries);
+                self.installed.push((id, snap.index));
+                node.snapshot_installed(snap.index, snap.term)
+                    .expect("install a snapshot");
             }
             let applied = self.applied.get_mut(&id).unwrap();
             for e in rd.committed {
@@ -839,5 +888,137 @@ fn a_stale_node_campaigning_fast_does_not_keep_the_cluster_leaderless() {
     assert_eq!(
         c.applied_data(3),
         vec![b"p".to_vec(), b"q".to_vec(), b"r".to_vec()]
+    );
+}
+
+// ---- Compaction and snapshots ------------------------------------------
+
+fn small_appends(c: &mut Config) {
+    c.max_append_bytes = 64;
+}
+
+fn is_snapshot_piece(env: &Envelope) -> bool {
+    matches!(env.msg, Message::InstallSnapshot { .. })
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let mut c = Cluster::with(3, small_appends);
+    c.elect(1);
+    c.crash(3);
+    for i in 0..20u8 {
+        c.propose(1, &[b'v', i, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+    c.deliver_all();
+    c.heartbeat(1);
+    let commit = c.commit(1);
+    assert!(commit >= 21, "commit {commit}");
+    // Both live nodes discard all but the last two entries they applied.
+    for id in [1, 2] {
+        let applied = c.applied[&id].last().unwrap().index;
+        c.node_mut(id).compact(applied - 2).unwrap();
+        assert_eq!(c.logs[&id].first_index(), applied - 1);
+    }
+    // Compacting past what is applied is refused.
+    assert!(c.node_mut(1).compact(commit + 5).is_err());
+
+    c.start(3);
+    // The leader finds node 3 behind its log (a stalled stream falls back to
+    // probing); the first piece of the snapshot is lost, and the leader
+    // sends it again on a heartbeat.
+    let mut lost = None;
+    for _ in 0..10 {
+        c.tick(1, 1);
+        lost = c.deliver_until_next(is_snapshot_piece);
+        if lost.is_some() {
+            break;
+        }
+    }
+    let lost = lost.expect("a snapshot piece");
+    assert!(matches!(
+        lost.msg,
+        Message::InstallSnapshot { offset: 0, .. }
+    ));
+    c.deliver_all();
+    for _ in 0..5 {
+        c.heartbeat(1);
+    }
+    let pieces = c.delivered.iter().filter(|e| is_snapshot_piece(e)).count();
+    assert!(
+        pieces >= 3,
+        "a snapshot of 20 entries in 64-byte pieces, got {pieces} pieces"
+    );
+    assert_eq!(c.installed.len(), 1, "{:?}", c.installed);
+    let (who, through) = c.installed[0];
+    assert_eq!(who, 3);
+    assert_eq!(
+        c.logs[&3].first_index(),
+        through + 1,
+        "the log starts after the snapshot"
+    );
+    // Node 3 holds what the leader applied, and follows new entries.
+    let index = c.propose(1, b"after");
+    c.deliver_all();
+    c.heartbeat(1);
+    assert_eq!(c.commit(3), index);
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+    assert!(c.applied_data(3).last().is_some_and(|d| d == b"after"));
+}
+
+#[test]
+fn a_snapshot_replaces_a_follower_log_that_disagrees_with_it() {
+    let mut c = Cluster::with(3, small_appends);
+    c.elect(1);
+    c.heartbeat(1);
+    // Node 1 appends entries that only it holds, then loses leadership.
+    c.partition(&[1], &[2, 3]);
+    for i in 0..5u8 {
+        c.propose(1, &[b'x', i]);
+    }
+    c.drop_in_flight();
+    c.age(&[2, 3]);
+    c.elect_eventually(2, 200);
+    c.deliver_all();
+    for i in 0..10u8 {
+        c.propose(2, &[b'y', i]);
+    }
+    c.deliver_all();
+    c.heartbeat(2);
+    let applied = c.applied[&2].last().unwrap().index;
+    c.node_mut(2).compact(applied).unwrap();
+    c.node_mut(3).compact(applied).unwrap();
+    let stale_terms = c.log_terms(1);
+    assert!(
+        stale_terms.len() >= 6,
+        "node 1 holds its unreplicated entries"
+    );
+
+    c.heal();
+    for _ in 0..6 {
+        c.heartbeat(2);
+    }
+    assert!(
+        c.installed.iter().any(|&(id, _)| id == 1),
+        "{:?}",
+        c.installed
+    );
+    assert_eq!(c.applied_data(1), c.applied_data(2));
+    // Node 1's own entries are gone: the log it appends to now is the
+    // leader's, and a new entry reaches and applies on it.
+    let index = c.propose(2, b"after the heal");
+    c.deliver_all();
+    c.heartbeat(2);
+    assert_eq!(c.commit(1), index);
+    assert_eq!(c.applied_data(1), c.applied_data(2));
+    assert_eq!(
+        c.applied_data(1).last().map(Vec::as_slice),
+        Some(&b"after the heal"[..])
+    );
+    assert!(!c.anyone_applied(&[b'x', 0]));
+    let term2 = c.term(2);
+    let terms = c.log_terms(1);
+    assert!(
+        !terms.is_empty() && terms.iter().all(|&t| t == term2),
+        "{terms:?}"
     );
 }

@@ -269,6 +269,11 @@ fn run_log<H: LogHarness>(h: &mut H, ops: &[LogOp]) -> Result<(), TestCaseError>
                     m.entries.drain(..drop);
                     m.prefix_index = index;
                     m.prefix_term = term;
+                    // A discard makes the whole log durable first (a synced
+                    // file behind a synced start pointer, or a synced fresh
+                    // file).
+                    h.synced();
+                    durable = m.clone();
                 }
             }
             LogOp::Sync => {

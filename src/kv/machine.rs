@@ -47,7 +47,7 @@ use super::protocol::{Command, Op, Outcome, Query};
 use super::{validate_key, validate_value};
 use crate::network::frame;
 use crate::storage::{Entry, KvStorage, KvWrite};
-use crate::{Error, LogIndex, Result};
+use crate::{Error, LogIndex, Result, Term};
 
 /// The first byte of every internal key. User keys may not start with it.
 pub const INTERNAL_KEY_PREFIX: u8 = 0x00;
@@ -114,7 +114,15 @@ impl KvStateMachine {
             sessions: HashMap::new(),
             by_last_index: BTreeSet::new(),
         };
-        for (key, value) in machine.storage.scan_prefix(&SESSION_PREFIX)? {
+        machine.load_sessions()?;
+        Ok(machine)
+    }
+
+    /// Rebuilds the session index from the store.
+    fn load_sessions(&mut self) -> Result<()> {
+        self.sessions.clear();
+        self.by_last_index.clear();
+        for (key, value) in self.storage.scan_prefix(&SESSION_PREFIX)? {
             let client_id = session_client_id(&key).ok_or_else(|| {
                 corrupt(format!("session key {key:02x?} does not hold a client id"))
             })?;
@@ -123,9 +131,35 @@ impl KvStateMachine {
                     "session record of client {client_id:#018x} is unreadable: {e}"
                 ))
             })?;
-            machine.insert_session(client_id, record.seq, record.last_index);
+            self.insert_session(client_id, record.seq, record.last_index);
         }
-        Ok(machine)
+        Ok(())
+    }
+
+    /// The applied index of the state a crash would reopen the store at
+    /// (see [`KvStorage::durable_index`]).
+    pub fn durable_index(&mut self) -> LogIndex {
+        self.storage.durable_index()
+    }
+
+    /// The whole state (data and sessions) and its applied index, for a
+    /// follower that needs a snapshot.
+    pub fn snapshot(&self) -> Result<(LogIndex, Vec<u8>)> {
+        Ok((self.storage.applied_index(), self.storage.snapshot()?))
+    }
+
+    /// Replaces the whole state with a snapshot from another replica's
+    /// [`KvStateMachine::snapshot`] at applied index `index`, whose term is
+    /// `term`, durably.
+    pub fn install(&mut self, data: &[u8], index: LogIndex, term: Term) -> Result<()> {
+        self.storage.install(data, index, term)?;
+        self.load_sessions()
+    }
+
+    /// The applied index and its term while the state is an installed
+    /// snapshot (see [`KvStorage::installed`]).
+    pub fn installed(&self) -> Option<(LogIndex, Term)> {
+        self.storage.installed()
     }
 
     /// Index of the last applied entry.

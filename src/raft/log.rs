@@ -62,7 +62,20 @@ impl<L: LogStorage> RaftLog<L> {
     /// opened or recovered). `applied` is the last index the state machine
     /// already holds: hand-out resumes after it, and it counts as committed.
     pub fn new(storage: L, applied: LogIndex) -> Result<Self> {
+        if applied + 1 < storage.first_index() {
+            return Err(Error::InvalidInput(format!(
+                "the state machine has applied only through {applied}, but the log starts \
+                 at {}: the entries between are gone",
+                storage.first_index()
+            )));
+        }
         let last_index = storage.last_index();
+        if applied > last_index {
+            return Err(Error::InvalidInput(format!(
+                "the state machine has applied through {applied}, but the log ends at \
+                 {last_index}"
+            )));
+        }
         let last_term = storage.term(last_index)?.ok_or_else(|| {
             Error::InvalidInput(format!(
                 "log storage has no term for its last index {last_index}"
@@ -222,6 +235,53 @@ impl<L: LogStorage> RaftLog<L> {
         }
         self.cut = Some(self.cut.map_or(index, |c| c.min(index)));
         self.unsynced = true;
+        Ok(())
+    }
+
+    /// Discards the entries through `index`, which the state machine holds
+    /// durably: `index` must be applied. Does nothing for an index already
+    /// discarded.
+    pub fn compact(&mut self, index: LogIndex) -> Result<()> {
+        if index < self.first_index() {
+            return Ok(());
+        }
+        if index > self.applied {
+            return Err(Error::InvalidInput(format!(
+                "cannot compact the log through {index}: only {} is applied",
+                self.applied
+            )));
+        }
+        let term = self.term(index)?.ok_or_else(|| {
+            Error::InvalidInput(format!("log storage has no term for entry {index}"))
+        })?;
+        self.storage.discard_through(index, term)
+    }
+
+    /// Makes the log start after a snapshot through `(index, term)` that
+    /// the state machine now holds durably. If the log holds that entry,
+    /// only what precedes it goes (the entries after it agree with the
+    /// snapshot); otherwise every entry goes. The snapshot's entries count
+    /// as committed, durable (in the state machine) and applied.
+    pub fn install_snapshot(&mut self, index: LogIndex, term: Term) -> Result<()> {
+        if index >= self.first_index() && self.matches(index, term)? {
+            self.storage.discard_through(index, term)?;
+        } else {
+            // Committed entries agree with the snapshot and go with the
+            // discard below; the entries after them may not agree.
+            let keep = self.commit.max(self.first_index() - 1);
+            if self.last_index > keep {
+                // Also lowers a sync in flight and records the cut, so
+                // acknowledgements of the dropped entries are withdrawn.
+                self.truncate_after(keep)?;
+            }
+            self.storage.discard_through(index, term)?;
+            self.last_index = index;
+            self.last_term = term;
+            self.unsynced = true;
+        }
+        self.commit = self.commit.max(index);
+        self.applied = self.applied.max(index);
+        self.synced = self.synced.max(index);
         Ok(())
     }
 

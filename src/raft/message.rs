@@ -44,6 +44,30 @@ pub enum Message {
         conflict_term: Option<Term>,
         read_seq: u64,
     },
+    /// A piece of the leader's state-machine snapshot, for a follower that
+    /// needs entries the leader's log no longer holds. The snapshot covers
+    /// every entry through `index`, whose term is `index_term`; `offset` is
+    /// where `data` starts in it and `done` marks the last piece. Once the
+    /// follower installed it, it answers with a successful
+    /// [`Message::AppendResponse`] at `index`.
+    InstallSnapshot {
+        term: Term,
+        leader: NodeId,
+        index: LogIndex,
+        index_term: Term,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        done: bool,
+    },
+    /// The answer to a piece of [`Message::InstallSnapshot`] that did not
+    /// finish it: how many bytes of the snapshot at `index` the follower
+    /// holds, so where the leader goes on.
+    SnapshotResponse {
+        term: Term,
+        index: LogIndex,
+        received: u64,
+    },
 }
 
 impl Message {
@@ -53,7 +77,9 @@ impl Message {
             Message::RequestVote { term, .. }
             | Message::VoteResponse { term, .. }
             | Message::AppendEntries { term, .. }
-            | Message::AppendResponse { term, .. } => *term,
+            | Message::AppendResponse { term, .. }
+            | Message::InstallSnapshot { term, .. }
+            | Message::SnapshotResponse { term, .. } => *term,
         }
     }
 }

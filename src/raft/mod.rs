@@ -17,9 +17,20 @@
 //!    taking inputs and handing out outputs, and no second sync starts;
 //! 5. apply `rd.committed` in order, and serve each of `rd.reads` once the
 //!    state machine has applied up to its index;
-//! 6. repeat from 2 while [`Node::has_ready`] is true.
+//! 6. if `rd.snapshot_wanted` (a leader whose follower needs discarded
+//!    entries), hand the node a snapshot of the state machine with
+//!    [`Node::offer_snapshot`]; if `rd.snapshot` holds one received from the
+//!    leader, replace the state machine with it, durably, and report that
+//!    with [`Node::snapshot_installed`];
+//! 7. repeat from 2 while [`Node::has_ready`] is true.
 //!
 //! [`Node::sync`] does step 4 in one blocking call, for simple drivers.
+//!
+//! Log compaction: once the state machine holds entries durably (a crash
+//! reopens it at that index or later), the driver may discard them from the
+//! log with [`Node::compact`]. A node that restarts with a state machine
+//! that was installed from a snapshot calls [`align_log`] first, to finish
+//! the log's side of an install that a crash interrupted.
 
 mod log;
 pub mod message;
@@ -28,6 +39,27 @@ mod progress;
 pub(crate) mod rng;
 
 pub use message::Message;
+
+use crate::Result;
+use crate::storage::LogStorage;
+
+/// Makes `log` agree with a state machine installed from a snapshot
+/// through `(index, term)`: the log then starts after `index`, keeping the
+/// entries after it only if it holds `index` with `term`. Installing
+/// changes the state machine first and the log second, so a crash between
+/// the two leaves a log that this finishes. Does nothing if the log already
+/// starts after `index`.
+pub fn align_log<L: LogStorage>(log: &mut L, index: LogIndex, term: Term) -> Result<()> {
+    let first = log.first_index();
+    if index < first {
+        return Ok(());
+    }
+    let conflicts = index > log.last_index() || log.term(index)? != Some(term);
+    if conflicts && log.last_index() >= first {
+        log.truncate_after(first - 1)?;
+    }
+    log.discard_through(index, term)
+}
 pub use node::Node;
 
 use crate::storage::Entry;
@@ -173,4 +205,23 @@ pub struct Ready {
     /// Whether the log has changes no sync covers yet and no sync is in
     /// flight: the caller should call [`Node::begin_sync`].
     pub needs_sync: bool,
+    /// A leader has a follower that needs entries its log no longer holds:
+    /// the caller should hand it a snapshot of the state machine with
+    /// [`Node::offer_snapshot`].
+    pub snapshot_wanted: bool,
+    /// A snapshot received whole from the leader. The caller replaces the
+    /// state machine with it, durably, and then calls
+    /// [`Node::snapshot_installed`]; until then the node hands out no
+    /// committed entries.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// A snapshot of the state machine: the state after applying every entry
+/// through `index`, whose term is `term`. `data` is the state machine's own
+/// encoding; Raft only carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub index: LogIndex,
+    pub term: Term,
+    pub data: Vec<u8>,
 }

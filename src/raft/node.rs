@@ -46,9 +46,9 @@ use std::collections::{BTreeMap, VecDeque};
 use log::{debug, error, trace, warn};
 
 use super::log::{AppendOutcome, RaftLog};
-use super::progress::Progress;
+use super::progress::{Progress, ProgressState};
 use super::rng::SplitMix64;
-use super::{Config, Message, ReadState, Ready, Role, Status};
+use super::{Config, Message, ReadState, Ready, Role, Snapshot, Status};
 use crate::storage::{HardState, LogStorage, StateStorage, SyncJob};
 use crate::{Error, LogIndex, NodeId, Result, Term};
 
@@ -121,6 +121,8 @@ pub struct Leader {
     pending_reads: VecDeque<PendingRead>,
     heartbeat_elapsed: u32,
     quorum_elapsed: u32,
+    /// The snapshot sent to followers whose entries the log discarded.
+    snapshot: Option<Snapshot>,
 }
 
 /// The role a node plays, with the state that role owns.
@@ -138,6 +140,18 @@ struct Outbox {
     messages: Vec<(NodeId, Message)>,
     reads: Vec<ReadState>,
     failed_reads: Vec<u64>,
+    snapshot: Option<Snapshot>,
+}
+
+/// A snapshot being received from the leader, piece by piece.
+#[derive(Debug)]
+struct Incoming {
+    from: NodeId,
+    /// The leader's term when it sent the first piece.
+    term: Term,
+    index: LogIndex,
+    index_term: Term,
+    data: Vec<u8>,
 }
 
 /// A Raft node over a log and a state store.
@@ -163,6 +177,11 @@ pub struct Node<L: LogStorage, S: StateStorage> {
     /// A storage error met while building a [`Ready`] (which cannot fail);
     /// returned by the next fallible call.
     deferred: Option<Error>,
+    /// A snapshot arriving from the leader.
+    incoming: Option<Incoming>,
+    /// A snapshot handed to the caller to install: who sent it, and the
+    /// index and term it covers.
+    installing: Option<(NodeId, LogIndex, Term)>,
 }
 
 impl<L: LogStorage, S: StateStorage> Node<L, S> {
@@ -197,6 +216,8 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             out: Outbox::default(),
             held_acks: Vec::new(),
             deferred: None,
+            incoming: None,
+            installing: None,
         };
         node.reset_election_timer();
         debug!(
@@ -326,7 +347,115 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                 conflict_term,
                 read_seq,
             ),
+            Message::InstallSnapshot {
+                term,
+                leader,
+                index,
+                index_term,
+                offset,
+                data,
+                done,
+            } => {
+                if leader != from {
+                    warn!(
+                        "node {}: snapshot from {from} names leader {leader}",
+                        self.id
+                    );
+                    return Ok(());
+                }
+                self.handle_snapshot(from, term, index, index_term, offset, data, done)
+            }
+            Message::SnapshotResponse {
+                index, received, ..
+            } => {
+                self.handle_snapshot_response(from, index, received);
+                Ok(())
+            }
         }
+    }
+
+    /// Hands the leader a snapshot of the state machine through `index`
+    /// (which the state machine has applied), for the followers that need
+    /// entries the log discarded; asked for by [`Ready::snapshot_wanted`].
+    /// Ignored by a node that is not the leader.
+    pub fn offer_snapshot(&mut self, index: LogIndex, data: Vec<u8>) -> Result<()> {
+        self.check_deferred()?;
+        let applied = self.log.applied();
+        if index > applied {
+            return Err(Error::InvalidInput(format!(
+                "a snapshot through {index} is ahead of the applied index {applied}"
+            )));
+        }
+        let Some(term) = self.log.term(index)? else {
+            return Err(Error::InvalidInput(format!(
+                "a snapshot through {index} is older than the log (first entry {})",
+                self.log.first_index()
+            )));
+        };
+        if let RoleState::Leader(leader) = &mut self.role {
+            debug!(
+                "node {}: snapshot through {index} ({} bytes) ready for followers",
+                self.id,
+                data.len()
+            );
+            leader.snapshot = Some(Snapshot { index, term, data });
+        }
+        Ok(())
+    }
+
+    /// Discards the log's entries through `index`, which the state machine
+    /// holds durably (a crash reopens it at `index` or later). `index` must
+    /// be applied. A follower that later needs them gets a snapshot.
+    pub fn compact(&mut self, index: LogIndex) -> Result<()> {
+        self.check_deferred()?;
+        // Not past a snapshot being sent: it would no longer bring its
+        // follower to where the log resumes, and the transfer would start
+        // over with a newer one (again and again under a steady load).
+        let index = match &self.role {
+            RoleState::Leader(leader) => match &leader.snapshot {
+                Some(s) if leader.progress.values().any(Progress::is_snapshot) => {
+                    index.min(s.index)
+                }
+                _ => index,
+            },
+            _ => index,
+        };
+        self.log.compact(index)
+    }
+
+    /// Reports that the snapshot from [`Ready::snapshot`] is now the state
+    /// machine's durable state: the log then starts after it, and the leader
+    /// learns that this node holds everything through its index.
+    pub fn snapshot_installed(&mut self, index: LogIndex, term: Term) -> Result<()> {
+        self.check_deferred()?;
+        let Some((from, want_index, want_term)) = self.installing.take() else {
+            return Err(Error::InvalidInput(
+                "no snapshot was handed out to install".into(),
+            ));
+        };
+        if (index, term) != (want_index, want_term) {
+            return Err(Error::InvalidInput(format!(
+                "installed snapshot {index}/{term}, but {want_index}/{want_term} was handed out"
+            )));
+        }
+        self.log.install_snapshot(index, term)?;
+        if let Some(cut) = self.log.take_cut() {
+            self.held_acks.retain(|(_, i, _)| *i <= cut);
+        }
+        debug!(
+            "node {} installed a snapshot through {index} (term {term})",
+            self.id
+        );
+        let ack = Message::AppendResponse {
+            term: self.term,
+            success: true,
+            match_index: index,
+            conflict_index: 0,
+            conflict_term: None,
+            read_seq: 0,
+        };
+        self.send_ack(from, index, ack);
+        Ok(())
     }
 
     /// Appends a command to the log on the leader; returns its index, or
@@ -387,7 +516,8 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             || !out.reads.is_empty()
             || !out.failed_reads.is_empty()
             || self.sync_wanted()
-            || self.log.has_committed()
+            || out.snapshot.is_some()
+            || (self.installing.is_none() && self.log.has_committed())
             || self.deferred.is_some()
         {
             return true;
@@ -402,6 +532,10 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                         .progress
                         .values()
                         .any(|pr| pr.can_send(self.log.last_index(), self.config.max_inflight))
+                    || (leader.snapshot.is_some()
+                        && leader.progress.values().any(|pr| {
+                            matches!(pr.state, ProgressState::Snapshot { paused: false, .. })
+                        }))
             }
             _ => false,
         }
@@ -422,7 +556,13 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             );
             self.deferred.get_or_insert(e);
         }
-        let committed = match self.log.take_committed(MAX_COMMITTED_BYTES) {
+        // While the caller installs a snapshot, entries wait: they may
+        // follow it.
+        let committed = match self.installing {
+            Some(_) => Ok(Vec::new()),
+            None => self.log.take_committed(MAX_COMMITTED_BYTES),
+        };
+        let committed = match committed {
             Ok(entries) => entries,
             Err(e) => {
                 error!(
@@ -440,6 +580,8 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             reads: out.reads,
             failed_reads: out.failed_reads,
             needs_sync: self.sync_wanted() || self.deferred.is_some(),
+            snapshot_wanted: self.snapshot_wanted(),
+            snapshot: out.snapshot,
         }
     }
 
@@ -556,6 +698,25 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
 
     // ---- Internals -------------------------------------------------------
 
+    /// Whether a leader has a follower to send a snapshot to but no
+    /// snapshot that covers the discarded entries.
+    fn snapshot_wanted(&self) -> bool {
+        let RoleState::Leader(leader) = &self.role else {
+            return false;
+        };
+        let usable = leader
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.index + 1 >= self.log.first_index());
+        // Only for a follower that answered lately: one that is down would
+        // have a new snapshot made for it after every compaction.
+        !usable
+            && leader
+                .progress
+                .values()
+                .any(|pr| pr.is_snapshot() && pr.recent_active)
+    }
+
     /// Whether the log has changes a new sync should cover now.
     fn sync_wanted(&self) -> bool {
         self.log.needs_sync() && !self.log.sync_in_flight()
@@ -649,6 +810,9 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
     fn enter_follower(&mut self, term: Term, leader: Option<NodeId>) -> Result<()> {
         if term > self.term {
             self.save_hard_state(term, None)?;
+            // A snapshot half received from an older term's leader is
+            // dropped (a newer leader starts over).
+            self.incoming = None;
         }
         let old = std::mem::replace(&mut self.role, RoleState::Follower(Follower { leader }));
         if let RoleState::Leader(l) = old {
@@ -678,6 +842,7 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         let mut c = Candidate::default();
         c.votes.insert(self.id, true);
         self.role = RoleState::PreCandidate(c);
+        self.incoming = None;
         self.reset_election_timer();
         debug!(
             "node {} starts a pre-vote for term {}",
@@ -703,6 +868,7 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         let mut c = Candidate::default();
         c.votes.insert(self.id, true);
         self.role = RoleState::Candidate(c);
+        self.incoming = None;
         self.reset_election_timer();
         debug!("node {} starts an election at term {}", self.id, self.term);
         let msg = Message::RequestVote {
@@ -735,6 +901,7 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             pending_reads: VecDeque::new(),
             heartbeat_elapsed: 0,
             quorum_elapsed: 0,
+            snapshot: None,
         });
         self.log.append_new(self.term, Vec::new())?;
         debug!(
@@ -802,6 +969,16 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                     conflict_index: 0,
                     conflict_term: None,
                     read_seq,
+                };
+                self.send(from, reply);
+                Ok(())
+            }
+            // Tell a deposed leader about the newer term.
+            Message::InstallSnapshot { index, .. } => {
+                let reply = Message::SnapshotResponse {
+                    term: self.term,
+                    index,
+                    received: 0,
                 };
                 self.send(from, reply);
                 Ok(())
@@ -924,34 +1101,8 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
             );
             return Ok(());
         }
-        if !stale {
-            match &mut self.role {
-                RoleState::Leader(_) => {
-                    error!(
-                        "node {}: another leader {from} claims term {term}; ignoring",
-                        self.id
-                    );
-                    return Ok(());
-                }
-                RoleState::Follower(f) => match f.leader {
-                    None => {
-                        f.leader = Some(from);
-                        debug!("node {} follows leader {from} at term {term}", self.id);
-                    }
-                    Some(l) if l != from => {
-                        error!(
-                            "node {}: {from} claims leadership of term {term} held by {l}",
-                            self.id
-                        );
-                        return Ok(());
-                    }
-                    Some(_) => {}
-                },
-                RoleState::PreCandidate(_) | RoleState::Candidate(_) => {
-                    self.become_follower(term, Some(from))?;
-                }
-            }
-            self.election_elapsed = 0;
+        if !stale && !self.follow(from, term)? {
+            return Ok(());
         }
         let reply_term = if stale { term } else { self.term };
         let reply = |success, match_index, conflict_index, conflict_term| Message::AppendResponse {
@@ -1010,6 +1161,149 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         self.log.commit_to(leader_commit.min(last_new));
         self.send_ack(from, last_new, reply(true, last_new, 0, None));
         Ok(())
+    }
+
+    /// Accepts `from` as the leader of the current `term` (a message from
+    /// it arrived): a (pre-)candidate gives up, a follower learns its
+    /// leader, and the election timer restarts. Returns false (and changes
+    /// nothing) if another node already leads this term.
+    fn follow(&mut self, from: NodeId, term: Term) -> Result<bool> {
+        match &mut self.role {
+            RoleState::Leader(_) => {
+                error!(
+                    "node {}: another leader {from} claims term {term}; ignoring",
+                    self.id
+                );
+                return Ok(false);
+            }
+            RoleState::Follower(f) => match f.leader {
+                None => {
+                    f.leader = Some(from);
+                    debug!("node {} follows leader {from} at term {term}", self.id);
+                }
+                Some(l) if l != from => {
+                    error!(
+                        "node {}: {from} claims leadership of term {term} held by {l}",
+                        self.id
+                    );
+                    return Ok(false);
+                }
+                Some(_) => {}
+            },
+            RoleState::PreCandidate(_) | RoleState::Candidate(_) => {
+                self.become_follower(term, Some(from))?;
+            }
+        }
+        self.election_elapsed = 0;
+        Ok(true)
+    }
+
+    /// Handles a piece of the leader's snapshot.
+    #[allow(clippy::too_many_arguments)]
+    fn handle_snapshot(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        index: LogIndex,
+        index_term: Term,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) -> Result<()> {
+        if index_term > term || index == 0 {
+            warn!(
+                "node {}: dropping malformed snapshot from {from} (through {index}, term {index_term})",
+                self.id
+            );
+            return Ok(());
+        }
+        if !self.follow(from, term)? {
+            return Ok(());
+        }
+        if self.installing.is_some() {
+            // The caller is installing a snapshot; its acknowledgement
+            // follows.
+            return Ok(());
+        }
+        let commit = self.log.commit();
+        if index <= commit {
+            // Everything it covers is committed here already, so it matches
+            // the leader's log.
+            self.incoming = None;
+            let ack = Message::AppendResponse {
+                term: self.term,
+                success: true,
+                match_index: commit,
+                conflict_index: 0,
+                conflict_term: None,
+                read_seq: 0,
+            };
+            self.send_ack(from, commit, ack);
+            return Ok(());
+        }
+        let same = |i: &Incoming| {
+            (i.from, i.term, i.index, i.index_term) == (from, term, index, index_term)
+        };
+        // The first piece starts over (a newer snapshot, or the leader sent
+        // it again), unless this node holds more of the same snapshot
+        // already: then it is a late duplicate, answered below.
+        let ahead = self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| same(i) && i.data.len() > data.len());
+        if offset == 0 && !ahead {
+            self.incoming = Some(Incoming {
+                from,
+                term,
+                index,
+                index_term,
+                data: Vec::new(),
+            });
+        }
+        let received = match self.incoming.as_mut() {
+            Some(i) if same(i) && i.data.len() as u64 == offset => {
+                i.data.extend_from_slice(&data);
+                if done {
+                    let whole = self.incoming.take().expect("matched above");
+                    debug!(
+                        "node {}: received a snapshot through {index} ({} bytes) from {from}",
+                        self.id,
+                        whole.data.len()
+                    );
+                    self.installing = Some((from, index, index_term));
+                    self.out.snapshot = Some(Snapshot {
+                        index,
+                        term: index_term,
+                        data: whole.data,
+                    });
+                    return Ok(());
+                }
+                i.data.len() as u64
+            }
+            Some(i) if same(i) => i.data.len() as u64,
+            // A piece of a snapshot whose start this node does not hold.
+            _ => 0,
+        };
+        let reply = Message::SnapshotResponse {
+            term: self.term,
+            index,
+            received,
+        };
+        self.send(from, reply);
+        Ok(())
+    }
+
+    /// Handles a follower's answer to a piece of a snapshot.
+    fn handle_snapshot_response(&mut self, from: NodeId, index: LogIndex, received: u64) {
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(pr) = leader.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        let len = leader.snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
+        pr.snapshot_received(index, received.min(len));
     }
 
     /// Handles a follower's answer to an append or heartbeat.
@@ -1083,6 +1377,7 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         leader.heartbeat_elapsed += 1;
         if leader.heartbeat_elapsed >= self.config.heartbeat_ticks {
             leader.heartbeat_elapsed = 0;
+            let prefix = self.log.first_index() - 1;
             for (&to, pr) in leader.progress.iter_mut() {
                 pr.on_heartbeat(last_index, STALL_HEARTBEATS);
                 // A probe goes out with the next ready() and serves as the
@@ -1090,7 +1385,11 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                 if pr.is_probe() {
                     continue;
                 }
-                if let Some(msg) = heartbeat(&self.log, pr, self.id, self.term, leader.read_seq)? {
+                // A follower waiting for a snapshot gets one at the log's
+                // start: its answer, whatever it is, shows it is alive and
+                // worth making a snapshot for.
+                let at = if pr.is_snapshot() { prefix } else { pr.matched };
+                if let Some(msg) = heartbeat(&self.log, at, self.id, self.term, leader.read_seq)? {
                     trace!("node {} -> {to}: {msg:?}", self.id);
                     self.out.messages.push((to, msg));
                 }
@@ -1184,20 +1483,54 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         {
             leader.read_seq += 1;
             for (&to, pr) in leader.progress.iter() {
-                if let Some(msg) = heartbeat(&self.log, pr, self.id, self.term, leader.read_seq)? {
+                if let Some(msg) =
+                    heartbeat(&self.log, pr.matched, self.id, self.term, leader.read_seq)?
+                {
                     trace!("node {} -> {to}: {msg:?}", self.id);
                     self.out.messages.push((to, msg));
                 }
             }
         }
+        let first_index = self.log.first_index();
+        // A snapshot older than the log's start cannot bring a follower to
+        // where appends resume.
+        if leader
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.index + 1 < first_index)
+        {
+            leader.snapshot = None;
+        }
+        // A snapshot no follower needs any more only takes memory.
+        if !leader.progress.values().any(Progress::is_snapshot) {
+            leader.snapshot = None;
+        }
         for (&to, pr) in leader.progress.iter_mut() {
+            if pr.is_snapshot() {
+                if let Some(snap) = &leader.snapshot {
+                    pr.snapshot_from(snap.index);
+                    if let Some(msg) =
+                        snapshot_piece(snap, pr, self.id, self.term, self.config.max_append_bytes)
+                    {
+                        trace!("node {} -> {to}: snapshot piece", self.id);
+                        self.out.messages.push((to, msg));
+                    }
+                }
+                continue;
+            }
             while pr.can_send(last_index, self.config.max_inflight) {
                 let prev = pr.next - 1;
-                let Some(prev_term) = self.log.term(prev)? else {
-                    warn!(
-                        "node {}: cannot send to {to}: entry {prev} is no longer held",
+                let prev_term = if pr.next < first_index {
+                    None
+                } else {
+                    self.log.term(prev)?
+                };
+                let Some(prev_term) = prev_term else {
+                    debug!(
+                        "node {}: {to} needs entry {prev}, which the log discarded: sending a snapshot",
                         self.id
                     );
+                    pr.become_snapshot();
                     break;
                 };
                 let entries = if pr.next <= last_index {
@@ -1226,23 +1559,52 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
     }
 }
 
-/// An empty append at the follower's match point: it always passes the
-/// consistency check, and carries the commit index (which the follower caps
-/// at the match point) and the read round.
+/// The next piece of `snap` for a follower in the Snapshot state, unless
+/// one is unanswered; marks it sent.
+fn snapshot_piece(
+    snap: &Snapshot,
+    pr: &mut Progress,
+    id: NodeId,
+    term: Term,
+    max_bytes: usize,
+) -> Option<Message> {
+    let ProgressState::Snapshot { offset, paused, .. } = &mut pr.state else {
+        return None;
+    };
+    if *paused {
+        return None;
+    }
+    let start = (*offset as usize).min(snap.data.len());
+    let end = start + max_bytes.max(1).min(snap.data.len() - start);
+    *paused = true;
+    Some(Message::InstallSnapshot {
+        term,
+        leader: id,
+        index: snap.index,
+        index_term: snap.term,
+        offset: start as u64,
+        data: snap.data[start..end].to_vec(),
+        done: end == snap.data.len(),
+    })
+}
+
+/// An empty append at `at`, normally the follower's match point: there it
+/// always passes the consistency check, and carries the commit index (which
+/// the follower caps at the match point) and the read round.
 fn heartbeat<L: LogStorage>(
     log: &RaftLog<L>,
-    pr: &Progress,
+    at: LogIndex,
     id: NodeId,
     term: Term,
     read_seq: u64,
 ) -> Result<Option<Message>> {
-    let Some(prev_term) = log.term(pr.matched)? else {
+    let Some(prev_term) = log.term(at)? else {
         return Ok(None);
     };
     Ok(Some(Message::AppendEntries {
         term,
         leader: id,
-        prev_log_index: pr.matched,
+        prev_log_index: at,
         prev_log_term: prev_term,
         entries: Vec::new(),
         leader_commit: log.commit(),

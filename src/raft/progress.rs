@@ -1,7 +1,7 @@
 //! The leader's view of one follower's log: how far it is known to match,
 //! where to send next, and how much is in flight.
 //!
-//! A follower is in one of two states:
+//! A follower is in one of three states:
 //!
 //! - **Probe**: the leader does not know where the follower's log stops
 //!   matching. It sends one append at a time (from `next`) and waits for the
@@ -10,6 +10,10 @@
 //! - **Replicate**: the follower's log is known to match through `matched`.
 //!   The leader streams appends optimistically, advancing `next` as it sends,
 //!   with at most `max_inflight` unacknowledged messages.
+//! - **Snapshot**: the follower needs entries the leader's log no longer
+//!   holds. The leader sends it a snapshot of its state machine, one piece
+//!   at a time, and streams appends again once the follower acknowledges
+//!   the snapshot's index.
 //!
 //! Invariants kept here:
 //!
@@ -32,6 +36,14 @@ pub enum ProgressState {
     Probe { paused: bool },
     /// Streaming appends; `inflight` holds each in-flight append's last index.
     Replicate { inflight: VecDeque<LogIndex> },
+    /// Sending a snapshot covering entries through `index` (0 while the
+    /// leader waits for one), the next piece starting at byte `offset`;
+    /// `paused` while a piece is unanswered.
+    Snapshot {
+        index: LogIndex,
+        offset: u64,
+        paused: bool,
+    },
 }
 
 /// One follower's replication progress, kept by the leader.
@@ -74,6 +86,7 @@ impl Progress {
             ProgressState::Replicate { inflight } => {
                 self.next <= last_index && inflight.len() < max_inflight
             }
+            ProgressState::Snapshot { .. } => false,
         }
     }
 
@@ -88,6 +101,7 @@ impl Progress {
                     inflight.push_back(last);
                 }
             }
+            ProgressState::Snapshot { .. } => {}
         }
     }
 
@@ -102,7 +116,7 @@ impl Progress {
         self.next = self.next.max(index + 1);
         self.stalled_heartbeats = 0;
         match &mut self.state {
-            ProgressState::Probe { .. } => self.become_replicate(),
+            ProgressState::Probe { .. } | ProgressState::Snapshot { .. } => self.become_replicate(),
             ProgressState::Replicate { inflight } => {
                 while inflight.front().is_some_and(|last| *last <= index) {
                     inflight.pop_front();
@@ -121,6 +135,8 @@ impl Progress {
             ProgressState::Probe { .. } => rejected + 1 == self.next,
             // Anything at or below the match point answers an older message.
             ProgressState::Replicate { .. } => rejected > self.matched,
+            // Answers an append sent before the snapshot started.
+            ProgressState::Snapshot { .. } => false,
         };
         if !current {
             return false;
@@ -145,13 +161,57 @@ impl Progress {
         self.stalled_heartbeats = 0;
     }
 
+    /// Starts sending a snapshot: the follower needs entries from before the
+    /// leader's log. The snapshot to send is chosen by
+    /// [`Progress::snapshot_from`].
+    pub fn become_snapshot(&mut self) {
+        self.state = ProgressState::Snapshot {
+            index: 0,
+            offset: 0,
+            paused: false,
+        };
+        self.stalled_heartbeats = 0;
+    }
+
+    /// Sends the snapshot at `index`, from its start unless that is the
+    /// snapshot being sent already.
+    pub fn snapshot_from(&mut self, snapshot_index: LogIndex) {
+        if let ProgressState::Snapshot { index, offset, .. } = &mut self.state
+            && *index != snapshot_index
+        {
+            *index = snapshot_index;
+            *offset = 0;
+        }
+    }
+
+    /// The follower holds the first `received` bytes of the snapshot at
+    /// `index`: the next piece starts there. Returns whether that answered
+    /// the snapshot being sent.
+    pub fn snapshot_received(&mut self, snapshot_index: LogIndex, received: u64) -> bool {
+        match &mut self.state {
+            ProgressState::Snapshot {
+                index,
+                offset,
+                paused,
+            } if *index == snapshot_index => {
+                *offset = received;
+                *paused = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Called on each heartbeat: lets a paused probe retry, and detects a
     /// replication stream that stopped advancing (appends lost on the way)
     /// by restarting it from the match point after `stall_limit` heartbeats
     /// without progress.
     pub fn on_heartbeat(&mut self, last_index: LogIndex, stall_limit: u32) {
         match &mut self.state {
-            ProgressState::Probe { paused } => *paused = false,
+            // A lost piece of a snapshot is sent again, like a lost probe.
+            ProgressState::Probe { paused } | ProgressState::Snapshot { paused, .. } => {
+                *paused = false
+            }
             ProgressState::Replicate { .. } => {
                 if self.matched >= last_index {
                     self.stalled_heartbeats = 0;
@@ -169,6 +229,11 @@ impl Progress {
     /// Whether the follower is being probed.
     pub fn is_probe(&self) -> bool {
         matches!(self.state, ProgressState::Probe { .. })
+    }
+
+    /// Whether the follower is being sent a snapshot.
+    pub fn is_snapshot(&self) -> bool {
+        matches!(self.state, ProgressState::Snapshot { .. })
     }
 }
 

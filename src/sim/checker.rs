@@ -173,6 +173,52 @@ impl Checker {
         self.committed.get(index as usize - 1).map(|c| c.term)
     }
 
+    /// `(term, prefix hash)` of the committed entries from index 1.
+    pub fn committed_shadow(&self) -> Vec<(Term, u64)> {
+        self.committed.iter().map(|c| (c.term, c.hash)).collect()
+    }
+
+    /// A node installs a snapshot through `index` holding the commands
+    /// `list`: exactly the commands applied at or below `index`, in order.
+    pub fn check_snapshot(&self, i: usize, index: LogIndex, list: &[u64]) -> Check {
+        let id = self.ids[i];
+        if index > self.committed_len() {
+            return fail(
+                ViolationKind::AppliedDiverged,
+                format!(
+                    "n{id} installs a snapshot through {index}, beyond the committed entries ({})",
+                    self.committed_len()
+                ),
+            );
+        }
+        let mut last = 0;
+        for cmd in list {
+            match self.commands.get(cmd) {
+                Some(&at) if at > last && at <= index => last = at,
+                other => {
+                    return fail(
+                        ViolationKind::AppliedDiverged,
+                        format!(
+                            "n{id} installs a snapshot through {index} holding command {cmd}, \
+                             applied at {other:?} (after {last})"
+                        ),
+                    );
+                }
+            }
+        }
+        let expected = self.commands.values().filter(|&&at| at <= index).count();
+        if expected != list.len() {
+            return fail(
+                ViolationKind::AppliedDiverged,
+                format!(
+                    "n{id} installs a snapshot through {index} holding {} commands, not the {expected} applied there",
+                    list.len()
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// The node's last observed commit index.
     pub fn commit_of(&self, i: usize) -> LogIndex {
         self.views[i].commit
@@ -466,7 +512,7 @@ mod tests {
     use crate::storage::memory::MemoryLog;
 
     fn log_of(entries: &[(Term, &[u8])]) -> SimLog {
-        let mut log = SimLog::open(MemoryLog::new()).unwrap();
+        let mut log = SimLog::open(MemoryLog::new(), &[]).unwrap();
         let es: Vec<Entry> = entries
             .iter()
             .enumerate()

@@ -8,10 +8,18 @@
 //! a 64-bit hash collision), so log matching, "a committed entry never
 //! changes" and "a quorum holds it durably" are all O(1) comparisons.
 //!
+//! A compacted log keeps the shadow of the entries it discarded: they are
+//! committed (compaction only discards what the state machine holds), so
+//! the shadow of the committed entries stands for them. A log that starts
+//! over after a snapshot (or opens compacted) takes that shadow from the
+//! checker's record of committed entries, handed in by the simulator
+//! ([`SimLog::provide_prefix`], [`SimLog::open`]).
+//!
 //! Invariants kept here:
 //!
 //! - `terms` and `hashes` mirror the current content of the [`MemoryLog`]
-//!   exactly, index `i` at position `i - 1`.
+//!   exactly, index `i` at position `i - 1`, with the committed entries it
+//!   discarded in front.
 //! - `durable` holds the prefix hashes of the log's durable image: a sync
 //!   job captures `hashes` when it starts and installs them when it runs
 //!   (together with the memory log's durable image), and it equals `hashes`
@@ -19,7 +27,7 @@
 //! - `dirty_from` is the lowest index changed since the checker last called
 //!   [`SimLog::take_dirty`] (`u64::MAX` when nothing changed).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 
 use crate::storage::memory::MemoryLog;
@@ -52,33 +60,48 @@ pub struct SimLog {
     mem: MemoryLog,
     terms: Vec<Term>,
     hashes: Vec<u64>,
-    /// Shared with the sync job in flight, which replaces it when it runs.
-    durable: Arc<Mutex<Arc<Vec<u64>>>>,
+    /// Shared with the sync job in flight, which replaces it when it runs,
+    /// unless a discard (which makes everything durable, counted here)
+    /// came after the job started.
+    durable: Arc<Mutex<(Arc<Vec<u64>>, u64)>>,
     /// Lowest index changed since the checker last looked.
     dirty_from: Cell<LogIndex>,
+    /// Shadow of the committed entries a coming discard past the end
+    /// needs: `(term, prefix hash)` of indexes `1..`.
+    prefix: RefCell<Vec<(Term, u64)>>,
 }
 
 impl SimLog {
     /// Opens `mem` as it is now (just created, or just crashed: its current
     /// content is durable). The whole log counts as changed, so the checker
     /// looks at every entry of a restarted node once.
-    pub fn open(mem: MemoryLog) -> Result<Self> {
-        if mem.first_index() != 1 {
-            return Err(Error::InvalidInput(
-                "the simulator does not model a compacted log".into(),
-            ));
+    /// `prefix` is the shadow `(term, prefix hash)` of at least the entries
+    /// the log discarded (the committed ones, in index order from 1).
+    pub fn open(mem: MemoryLog, prefix: &[(Term, u64)]) -> Result<Self> {
+        let discarded = (mem.first_index() - 1) as usize;
+        if prefix.len() < discarded {
+            return Err(Error::InvalidInput(format!(
+                "the log discarded {discarded} entries, but only {} are known committed",
+                prefix.len()
+            )));
         }
         let mut log = SimLog {
             mem,
-            terms: Vec::new(),
-            hashes: Vec::new(),
+            terms: prefix[..discarded].iter().map(|p| p.0).collect(),
+            hashes: prefix[..discarded].iter().map(|p| p.1).collect(),
             durable: Arc::default(),
             dirty_from: Cell::new(1),
+            prefix: RefCell::default(),
         };
+        if discarded > 0 && log.mem.term(discarded as LogIndex)? != Some(log.terms[discarded - 1]) {
+            return Err(Error::InvalidInput(format!(
+                "the log's discarded prefix ends with a term other than the committed entry {discarded}'s"
+            )));
+        }
         for e in log.mem.all_entries() {
             log.push_shadow(&e);
         }
-        log.durable = Arc::new(Mutex::new(Arc::new(log.hashes.clone())));
+        log.durable = Arc::new(Mutex::new((Arc::new(log.hashes.clone()), 0)));
         Ok(log)
     }
 
@@ -124,12 +147,19 @@ impl SimLog {
         self.durable
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .clone()
     }
 
     /// Whether the log holds changes a crash would lose.
     pub fn has_unsynced(&self) -> bool {
         *self.durable_hashes() != self.hashes
+    }
+
+    /// Hands over the shadow of the committed entries (from index 1), for a
+    /// discard past the end of the log that follows.
+    pub fn provide_prefix(&self, prefix: Vec<(Term, u64)>) {
+        *self.prefix.borrow_mut() = prefix;
     }
 
     /// The lowest index changed since the previous call, if any changed.
@@ -177,19 +207,51 @@ impl LogStorage for SimLog {
         Ok(())
     }
 
-    fn discard_through(&mut self, _index: LogIndex, _term: Term) -> Result<()> {
-        Err(Error::InvalidInput(
-            "the simulator does not model log compaction".into(),
-        ))
+    fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()> {
+        if index > self.last() {
+            // The log starts over after a snapshot: its shadow becomes the
+            // committed entries through `index`.
+            let prefix = std::mem::take(&mut *self.prefix.borrow_mut());
+            if prefix.len() < index as usize || prefix[index as usize - 1].0 != term {
+                return Err(Error::InvalidInput(format!(
+                    "a snapshot through {index} (term {term}) is not of committed entries \
+                     (known committed through {})",
+                    prefix.len()
+                )));
+            }
+            let same = self
+                .hashes
+                .iter()
+                .zip(&prefix)
+                .take_while(|(h, p)| **h == p.1)
+                .count();
+            self.terms.truncate(same);
+            self.hashes.truncate(same);
+            for p in &prefix[same..index as usize] {
+                self.terms.push(p.0);
+                self.hashes.push(p.1);
+            }
+            self.mark(same as LogIndex + 1);
+        }
+        self.mem.discard_through(index, term)?;
+        // The memory log made everything durable.
+        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+        durable.0 = Arc::new(self.hashes.clone());
+        durable.1 += 1;
+        Ok(())
     }
 
     fn start_sync(&mut self) -> Result<SyncJob> {
         let mem = self.mem.start_sync()?;
         let captured = Arc::new(self.hashes.clone());
         let durable = self.durable.clone();
+        let discards = durable.lock().unwrap_or_else(|e| e.into_inner()).1;
         Ok(SyncJob::new(move || {
             mem.run()?;
-            *durable.lock().unwrap_or_else(|e| e.into_inner()) = captured;
+            let mut durable = durable.lock().unwrap_or_else(|e| e.into_inner());
+            if durable.1 == discards {
+                durable.0 = captured;
+            }
             Ok(())
         }))
     }
@@ -210,7 +272,7 @@ mod tests {
     #[test]
     fn shadow_follows_appends_truncations_syncs_and_crashes() {
         let mem = MemoryLog::new();
-        let mut log = SimLog::open(mem.clone()).unwrap();
+        let mut log = SimLog::open(mem.clone(), &[]).unwrap();
         assert_eq!(log.take_dirty(), Some(1), "a fresh open is checked once");
         assert_eq!(log.take_dirty(), None);
         log.append(&[e(1, 1, b"a"), e(2, 1, b"b")]).unwrap();
@@ -241,7 +303,7 @@ mod tests {
         let h3_new = log.hash_at(3);
         // A crash keeps only the synced image.
         mem.crash();
-        let reopened = SimLog::open(mem).unwrap();
+        let reopened = SimLog::open(mem, &[]).unwrap();
         assert_eq!(reopened.last(), 3);
         assert_eq!(reopened.hash_at(2), Some(h2));
         assert_eq!(reopened.hash_at(3), h3_new);
@@ -250,8 +312,8 @@ mod tests {
 
     #[test]
     fn equal_prefix_hashes_mean_equal_prefixes() {
-        let mut a = SimLog::open(MemoryLog::new()).unwrap();
-        let mut b = SimLog::open(MemoryLog::new()).unwrap();
+        let mut a = SimLog::open(MemoryLog::new(), &[]).unwrap();
+        let mut b = SimLog::open(MemoryLog::new(), &[]).unwrap();
         a.append(&[e(1, 1, b"x"), e(2, 1, b"y")]).unwrap();
         b.append(&[e(1, 1, b"x"), e(2, 1, b"z")]).unwrap();
         assert_eq!(a.hash_at(1), b.hash_at(1));

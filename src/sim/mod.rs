@@ -54,10 +54,12 @@ pub enum FaultKind {
     Crash,
     LostUnsynced,
     SkewedTicks,
+    Compacted,
+    SnapshotInstalled,
 }
 
 impl FaultKind {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 11;
     pub const ALL: [FaultKind; FaultKind::COUNT] = [
         FaultKind::Drop,
         FaultKind::Duplicate,
@@ -68,6 +70,8 @@ impl FaultKind {
         FaultKind::Crash,
         FaultKind::LostUnsynced,
         FaultKind::SkewedTicks,
+        FaultKind::Compacted,
+        FaultKind::SnapshotInstalled,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -81,6 +85,8 @@ impl FaultKind {
             FaultKind::Crash => "node crash + restart",
             FaultKind::LostUnsynced => "crash lost unsynced log writes",
             FaultKind::SkewedTicks => "skewed tick rates",
+            FaultKind::Compacted => "log compacted",
+            FaultKind::SnapshotInstalled => "follower installed a snapshot",
         }
     }
 }
@@ -114,6 +120,10 @@ pub struct Params {
     /// Longest wait, in tenths of a tick, between an input and the ready
     /// cycle that handles it (inputs arriving meanwhile share the cycle).
     pub max_batch_delay: u64,
+    /// Chance that a node compacts its log after making its state machine
+    /// durable, keeping `compact_keep` entries before the durable index.
+    pub compact_chance: f64,
+    pub compact_keep: u64,
 }
 
 impl Params {
@@ -162,6 +172,10 @@ impl Params {
             },
             flush_chance: [0.0, 0.1, 0.5][rng.between(0, 2) as usize],
             max_batch_delay: if rng.chance(0.5) { 3 } else { 15 },
+            // Drawn last, so the parameters above stay what each seed drew
+            // before compaction was modelled.
+            compact_chance: [0.0, 0.3, 1.0][rng.between(0, 2) as usize],
+            compact_keep: [0, 3, 20][rng.between(0, 2) as usize],
         }
     }
 
@@ -185,7 +199,7 @@ impl Params {
             }
         }
         format!(
-            "{} nodes, pre_vote={}, check_quorum={}, heartbeat {} ticks, election {}..{} ticks, max_inflight {}, max_append_bytes {}, tick periods {:?} (in tenths of a tick), {} clients, faults for {} ticks: [{}], new leader crash chance {}, state machine flush chance {}, ready cycles batch inputs for up to {} tenths of a tick",
+            "{} nodes, pre_vote={}, check_quorum={}, heartbeat {} ticks, election {}..{} ticks, max_inflight {}, max_append_bytes {}, tick periods {:?} (in tenths of a tick), {} clients, faults for {} ticks: [{}], new leader crash chance {}, state machine flush chance {}, ready cycles batch inputs for up to {} tenths of a tick, log compaction chance {} keeping {} entries",
             self.nodes,
             self.pre_vote,
             self.check_quorum,
@@ -200,7 +214,9 @@ impl Params {
             faults.join(", "),
             self.new_leader_crash,
             self.flush_chance,
-            self.max_batch_delay
+            self.max_batch_delay,
+            self.compact_chance,
+            self.compact_keep
         )
     }
 }

@@ -36,6 +36,18 @@ pub enum MsgSummary {
         index: LogIndex,
         hint: LogIndex,
     },
+    Snapshot {
+        term: Term,
+        index: LogIndex,
+        offset: u64,
+        len: usize,
+        done: bool,
+    },
+    SnapshotResp {
+        term: Term,
+        index: LogIndex,
+        received: u64,
+    },
 }
 
 impl MsgSummary {
@@ -88,6 +100,29 @@ impl MsgSummary {
                 index: *match_index,
                 hint: *conflict_index,
             },
+            Message::InstallSnapshot {
+                term,
+                index,
+                offset,
+                data,
+                done,
+                ..
+            } => MsgSummary::Snapshot {
+                term: *term,
+                index: *index,
+                offset: *offset,
+                len: data.len(),
+                done: *done,
+            },
+            Message::SnapshotResponse {
+                term,
+                index,
+                received,
+            } => MsgSummary::SnapshotResp {
+                term: *term,
+                index: *index,
+                received: *received,
+            },
         }
     }
 }
@@ -133,6 +168,25 @@ impl fmt::Display for MsgSummary {
                     write!(f, "AppendReject(t{term}, at {index}, hint {hint})")
                 }
             }
+            MsgSummary::Snapshot {
+                term,
+                index,
+                offset,
+                len,
+                done,
+            } => write!(
+                f,
+                "Snapshot(t{term}, through {index}, bytes {offset}+{len}{})",
+                if done { ", done" } else { "" }
+            ),
+            MsgSummary::SnapshotResp {
+                term,
+                index,
+                received,
+            } => write!(
+                f,
+                "SnapshotResp(t{term}, through {index}, holds {received})"
+            ),
         }
     }
 }
@@ -179,6 +233,16 @@ pub enum What {
     Sync {
         node: NodeId,
         last: LogIndex,
+    },
+    /// A node discarded its log through `through`.
+    Compacted {
+        node: NodeId,
+        through: LogIndex,
+    },
+    /// A node installed a snapshot from the leader.
+    Installed {
+        node: NodeId,
+        index: LogIndex,
     },
     Crash {
         node: NodeId,
@@ -256,6 +320,12 @@ impl fmt::Display for Record {
             What::Role { node, role, term } => write!(f, "n{node} is {role:?} at term {term}"),
             What::Commit { node, index } => write!(f, "n{node} commit index {index}"),
             What::Sync { node, last } => write!(f, "n{node} synced through {last}"),
+            What::Compacted { node, through } => {
+                write!(f, "n{node} discarded its log through {through}")
+            }
+            What::Installed { node, index } => {
+                write!(f, "n{node} installed a snapshot through {index}")
+            }
             What::Crash {
                 node,
                 lost_unsynced,

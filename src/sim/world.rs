@@ -23,10 +23,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::raft::rng::SplitMix64;
-use crate::raft::{Config, Message, Node, ReadState, Role};
+use crate::raft::{self, Config, Message, Node, ReadState, Role, Snapshot};
 use crate::storage::memory::{MemoryLog, MemoryState};
-use crate::storage::{Entry, SyncJob};
-use crate::{Error, LogIndex, NodeId};
+use crate::storage::{Entry, LogStorage, SyncJob};
+use crate::{Error, LogIndex, NodeId, Term};
 
 use super::checker::{Checker, Violation, ViolationKind};
 use super::log::SimLog;
@@ -155,6 +155,36 @@ enum Input {
 struct Machine {
     list: Vec<u64>,
     applied: LogIndex,
+    /// The term of `applied` while the machine is a snapshot installed
+    /// from the leader (nothing applied since).
+    installed: Option<Term>,
+}
+
+impl Machine {
+    /// The snapshot encoding: applied index, then the commands.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * (self.list.len() + 1));
+        out.extend_from_slice(&self.applied.to_le_bytes());
+        for cmd in &self.list {
+            out.extend_from_slice(&cmd.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Machine> {
+        if bytes.len() < 8 || !bytes.len().is_multiple_of(8) {
+            return None;
+        }
+        let mut words = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        let applied = words.next()?;
+        Some(Machine {
+            applied,
+            list: words.collect(),
+            installed: None,
+        })
+    }
 }
 
 struct PendingWrite {
@@ -448,8 +478,15 @@ impl World {
         let config = self.config(i, applied);
         let slot = &mut self.slots[i];
         let id = slot.id;
-        let log =
-            SimLog::open(slot.mem.clone()).map_err(|e| node_error(id, "reopens its log", e))?;
+        let shadow = self.checker.committed_shadow();
+        let mut log = SimLog::open(slot.mem.clone(), &shadow)
+            .map_err(|e| node_error(id, "reopens its log", e))?;
+        if let Some(term) = slot.machine.installed {
+            // Finish the log's side of an install a crash interrupted.
+            log.provide_prefix(shadow);
+            raft::align_log(&mut log, applied, term)
+                .map_err(|e| node_error(id, "aligns its log with its snapshot", e))?;
+        }
         if slot.epoch > 0 && log.durable_hashes() != slot.down_durable {
             return Err(Violation::new(
                 ViolationKind::NodeError,
@@ -731,6 +768,7 @@ impl World {
         for (to, msg) in rd.messages {
             self.send(i, to, msg)?;
         }
+        self.snapshots(i, rd.snapshot_wanted, rd.snapshot)?;
         self.check_node(i)?;
         if let Some(job) = job {
             let slot = &mut self.slots[i];
@@ -754,6 +792,66 @@ impl World {
         self.slots[i].releasable.extend(rd.reads);
         self.serve_reads(i)?;
         self.schedule_ready(i);
+        Ok(())
+    }
+
+    /// Offers the leader's machine as a snapshot, or installs one received.
+    fn snapshots(&mut self, i: usize, wanted: bool, received: Option<Snapshot>) -> Check {
+        let shadow = received.as_ref().map(|_| self.checker.committed_shadow());
+        let slot = &mut self.slots[i];
+        let id = slot.id;
+        let Some(node) = slot.node.as_mut() else {
+            return Ok(());
+        };
+        if wanted {
+            node.offer_snapshot(slot.machine.applied, slot.machine.encode())
+                .map_err(|e| node_error(id, "offers a snapshot", e))?;
+        }
+        let Some(snap) = received else {
+            return Ok(());
+        };
+        let Some(mut machine) = Machine::decode(&snap.data) else {
+            return Err(Violation::new(
+                ViolationKind::NodeError,
+                format!("n{id} received a malformed snapshot through {}", snap.index),
+            ));
+        };
+        if machine.applied != snap.index {
+            return Err(Violation::new(
+                ViolationKind::NodeError,
+                format!(
+                    "n{id} received a snapshot through {} holding the machine at {}",
+                    snap.index, machine.applied
+                ),
+            ));
+        }
+        self.checker.check_snapshot(i, snap.index, &machine.list)?;
+        machine.installed = Some(snap.term);
+        slot.machine = machine.clone();
+        slot.machine_durable = machine;
+        // Writes proposed here at or below the snapshot are settled there.
+        let settled: Vec<LogIndex> = slot
+            .pending_writes
+            .range(..=snap.index)
+            .map(|(index, _)| *index)
+            .collect();
+        node.log_storage()
+            .provide_prefix(shadow.unwrap_or_default());
+        node.snapshot_installed(snap.index, snap.term)
+            .map_err(|e| node_error(id, "installs a snapshot", e))?;
+        self.faults[FaultKind::SnapshotInstalled as usize] = true;
+        self.trace.push(
+            self.now,
+            What::Installed {
+                node: id,
+                index: snap.index,
+            },
+        );
+        for index in settled {
+            if let Some(w) = self.slots[i].pending_writes.remove(&index) {
+                self.client_done(w.client, OpKind::Write(w.cmd));
+            }
+        }
         Ok(())
     }
 
@@ -787,6 +885,7 @@ impl World {
                 .check_apply(i, slot.machine.applied, e, node.log_storage())?;
             let slot = &mut self.slots[i];
             slot.machine.applied = e.index;
+            slot.machine.installed = None;
             let cmd = if e.data.is_empty() {
                 None
             } else {
@@ -825,6 +924,26 @@ impl World {
         if self.rng.chance(self.params.flush_chance) {
             let slot = &mut self.slots[i];
             slot.machine_durable = slot.machine.clone();
+            if self.rng.chance(self.params.compact_chance) {
+                let target = slot
+                    .machine_durable
+                    .applied
+                    .saturating_sub(self.params.compact_keep);
+                if let Some(node) = slot.node.as_mut()
+                    && target >= node.log_storage().first_index()
+                {
+                    node.compact(target)
+                        .map_err(|e| node_error(id, "compacts its log", e))?;
+                    self.faults[FaultKind::Compacted as usize] = true;
+                    self.trace.push(
+                        self.now,
+                        What::Compacted {
+                            node: id,
+                            through: target,
+                        },
+                    );
+                }
+            }
         }
         Ok(())
     }

@@ -34,6 +34,10 @@ impl LogImage {
 struct LogInner {
     current: LogImage,
     durable: LogImage,
+    /// Discards so far. A discard makes everything durable, so a sync job
+    /// captured before one has nothing left to do (and must not put back
+    /// the image it captured).
+    discards: u64,
 }
 
 /// In-memory [`LogStorage`].
@@ -148,14 +152,23 @@ impl LogStorage for MemoryLog {
         }
         img.prefix_index = index;
         img.prefix_term = term;
+        // Like the file log, a discard leaves the whole log durable.
+        inner.durable = inner.current.clone();
+        inner.discards += 1;
         Ok(())
     }
 
     fn start_sync(&mut self) -> Result<SyncJob> {
-        let captured = self.lock().current.clone();
+        let (captured, discards) = {
+            let inner = self.lock();
+            (inner.current.clone(), inner.discards)
+        };
         let inner = self.inner.clone();
         Ok(SyncJob::new(move || {
-            inner.lock().unwrap_or_else(|e| e.into_inner()).durable = captured;
+            let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.discards == discards {
+                inner.durable = captured;
+            }
             Ok(())
         }))
     }
@@ -204,10 +217,12 @@ impl StateStorage for MemoryState {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct KvImage {
     applied: LogIndex,
     data: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The term of `applied` while the content is an installed snapshot.
+    installed: Option<Term>,
 }
 
 #[derive(Debug, Default)]
@@ -268,6 +283,7 @@ impl KvStorage for MemoryKv {
             }
         }
         inner.current.applied = applied;
+        inner.current.installed = None;
         Ok(())
     }
 
@@ -279,6 +295,37 @@ impl KvStorage for MemoryKv {
         let mut inner = self.lock();
         inner.durable = inner.current.clone();
         Ok(())
+    }
+
+    fn durable_index(&mut self) -> LogIndex {
+        self.lock().durable.applied
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        let mut image = self.lock().current.clone();
+        image.installed = None;
+        Ok(crate::network::frame::encode(&image))
+    }
+
+    fn install(&mut self, data: &[u8], index: LogIndex, term: Term) -> Result<()> {
+        let mut image: KvImage = crate::network::frame::decode(data)
+            .map_err(|e| Error::InvalidInput(format!("malformed snapshot: {e}")))?;
+        if image.applied != index {
+            return Err(Error::InvalidInput(format!(
+                "a snapshot said to hold the state through {index} holds it through {}",
+                image.applied
+            )));
+        }
+        image.installed = Some(term);
+        let mut inner = self.lock();
+        inner.current = image.clone();
+        inner.durable = image;
+        Ok(())
+    }
+
+    fn installed(&self) -> Option<(LogIndex, Term)> {
+        let inner = self.lock();
+        inner.current.installed.map(|t| (inner.current.applied, t))
     }
 }
 
@@ -292,6 +339,21 @@ mod tests {
             term,
             data: vec![index as u8],
         }
+    }
+
+    #[test]
+    fn a_sync_job_started_before_a_discard_does_not_undo_it() {
+        let mut log = MemoryLog::new();
+        log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        let job = log.start_sync().unwrap();
+        log.append(&[entry(3, 1)]).unwrap();
+        log.discard_through(2, 1).unwrap();
+        // The job captured entries 1..=2 before the discard made 1..=3
+        // durable; running it late must not put the old image back.
+        job.run().unwrap();
+        log.crash();
+        assert_eq!((log.first_index(), log.last_index()), (3, 3));
+        assert_eq!(log.all_entries(), vec![entry(3, 1)]);
     }
 
     #[test]

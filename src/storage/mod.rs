@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{LogIndex, NodeId, Result, Term};
+use crate::{Error, LogIndex, NodeId, Result, Term};
 
 pub mod file;
 pub mod memory;
@@ -58,6 +58,9 @@ pub trait LogStorage: Send {
     fn truncate_after(&mut self, index: LogIndex) -> Result<()>;
     /// Discards every entry up to and including `index`, remembering `term`
     /// as the term at `index`. Used once a snapshot covers that prefix.
+    /// When it returns, the discard and every change before it are durable.
+    /// If `index` is within the log, `term` must be its entry's term; past
+    /// the end, the log becomes empty and continues after `index`.
     fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()>;
     /// Starts making every change made so far durable and returns the job
     /// that finishes it. Those changes are durable once the job's
@@ -164,6 +167,34 @@ pub trait KvStorage: Send {
     /// writes applied.
     fn snapshot_bytes(&self) -> u64 {
         0
+    }
+    /// The applied index of the state a crash would reopen the store at, as
+    /// far as the store knows without waiting (its last finished flush; a
+    /// background flush found finished is collected, and its error, if any,
+    /// logged and left to the next flush to retry). The log may discard
+    /// entries through it. The default, 0, never lets it discard any.
+    fn durable_index(&mut self) -> LogIndex {
+        0
+    }
+    /// The store's whole content and applied index, encoded for
+    /// [`KvStorage::install`] on another replica.
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        Err(Error::Failed("this store cannot make snapshots".into()))
+    }
+    /// Replaces the store's whole content with a snapshot made by
+    /// [`KvStorage::snapshot`] at applied index `index`, whose term is
+    /// `term`, and makes it durable before returning. A malformed snapshot,
+    /// or one of another index, is an error and changes nothing.
+    fn install(&mut self, data: &[u8], index: LogIndex, term: Term) -> Result<()> {
+        let _ = (data, index, term);
+        Err(Error::Failed("this store cannot install snapshots".into()))
+    }
+    /// The applied index and its term, if the store's content is a snapshot
+    /// installed with [`KvStorage::install`] and nothing was written since.
+    /// This survives a crash, so a node that crashed between installing a
+    /// snapshot and cutting its log can finish the cut when it restarts.
+    fn installed(&self) -> Option<(LogIndex, Term)> {
+        None
     }
 }
 

@@ -6,13 +6,19 @@
 //!
 //! ```text
 //!   0  magic      8 bytes  "KVAPPKVS"
-//!   8  version    u32      1
+//!   8  version    u32      2
 //!   12 applied    u64      index of the last applied log entry
-//!   20 count      u64      number of pairs
-//!   28 pairs      count x (key length u32, key, value length u32, value),
+//!   20 installed  u64      term of that entry if the content is a snapshot
+//!                          installed from the leader (nothing applied
+//!                          since), else 0
+//!   28 count      u64      number of pairs
+//!   36 pairs      count x (key length u32, key, value length u32, value),
 //!                 keys strictly ascending
 //!   ...crc        u32      CRC-32 of everything before it
 //! ```
+//!
+//! Version 1 files (no `installed` field, pairs at 28) are still read.
+//! [`KvStorage::snapshot`] hands out the same encoding.
 //!
 //! # Invariants and costs
 //!
@@ -55,11 +61,13 @@ use super::{
     read_file, remove_stale_tmp, u32_at, u64_at,
 };
 use crate::storage::{KvStorage, KvWrite};
-use crate::{Error, LogIndex, Result};
+use crate::{Error, LogIndex, Result, Term};
 
 const MAGIC: [u8; 8] = *b"KVAPPKVS";
-const VERSION: u32 = 1;
-const HEADER_LEN: usize = 28;
+const VERSION: u32 = 2;
+const HEADER_LEN: usize = 36;
+/// The header length of version 1, which had no `installed` field.
+const HEADER_LEN_V1: usize = 28;
 
 /// A crash-safe [`KvStorage`]: an in-memory map made durable by `flush`.
 /// Open it with [`DataDir::kv`](super::DataDir::kv).
@@ -69,8 +77,13 @@ pub struct FileKv {
     applied: LogIndex,
     /// Whether anything was written since the last flush.
     dirty: bool,
-    /// A snapshot being written by a background thread.
-    background: Option<JoinHandle<Result<()>>>,
+    /// The applied index of the last finished flush.
+    durable: LogIndex,
+    /// The term of `applied` while the content is an installed snapshot.
+    installed: Option<Term>,
+    /// A snapshot being written by a background thread, and its applied
+    /// index.
+    background: Option<(JoinHandle<Result<()>>, LogIndex)>,
     _claim: Claim,
 }
 
@@ -90,8 +103,8 @@ impl FileKv {
     /// applied index 0.
     pub(super) fn open(path: &Path, claim: Claim) -> Result<FileKv> {
         remove_stale_tmp(path)?;
-        let (applied, data) = match read_file(path, u64::MAX)? {
-            None => (0, Pairs::default()),
+        let (applied, installed, data) = match read_file(path, u64::MAX)? {
+            None => (0, None, Pairs::default()),
             Some(bytes) => decode(path, &bytes)?,
         };
         Ok(FileKv {
@@ -99,6 +112,8 @@ impl FileKv {
             data,
             applied,
             dirty: false,
+            durable: applied,
+            installed,
             background: None,
             _claim: claim,
         })
@@ -109,6 +124,7 @@ impl FileKv {
 fn write_snapshot<'a>(
     w: &mut impl Write,
     applied: LogIndex,
+    installed: Option<Term>,
     pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> io::Result<()> {
     let mut w = CrcWriter {
@@ -118,6 +134,7 @@ fn write_snapshot<'a>(
     w.write_all(&MAGIC)?;
     w.write_all(&VERSION.to_le_bytes())?;
     w.write_all(&applied.to_le_bytes())?;
+    w.write_all(&installed.unwrap_or(0).to_le_bytes())?;
     w.write_all(&(pairs.len() as u64).to_le_bytes())?;
     for (k, v) in pairs {
         w.write_all(&len_field(k)?)?;
@@ -135,13 +152,14 @@ fn write_snapshot<'a>(
 fn publish_snapshot<'a>(
     path: &Path,
     applied: LogIndex,
+    installed: Option<Term>,
     pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Result<()> {
     let (tmp, file) = create_tmp(path)?;
     // Written back as it goes, so the sync in `commit_tmp` does not put the
     // whole store in front of the log's syncs at once.
     let mut w = BufWriter::with_capacity(WRITE_BACK_CHUNK, PacedWriter::new(&file));
-    if let Err(e) = write_snapshot(&mut w, applied, pairs) {
+    if let Err(e) = write_snapshot(&mut w, applied, installed, pairs) {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(format!("writing {}", tmp.display()), e));
     }
@@ -179,6 +197,7 @@ impl KvStorage for FileKv {
             }
         }
         self.applied = applied;
+        self.installed = None;
         self.dirty = true;
         Ok(())
     }
@@ -199,8 +218,9 @@ impl KvStorage for FileKv {
         if !self.dirty {
             return Ok(());
         }
-        publish_snapshot(&self.path, self.applied, self.data.iter())?;
+        publish_snapshot(&self.path, self.applied, self.installed, self.data.iter())?;
         self.dirty = false;
+        self.durable = self.applied;
         Ok(())
     }
 
@@ -217,6 +237,7 @@ impl KvStorage for FileKv {
         }
         let values = self.data.values.clone();
         let applied = self.applied;
+        let installed = self.installed;
         let path = self.path.clone();
         let handle = thread::Builder::new()
             .name("kv-flush".into())
@@ -224,12 +245,50 @@ impl KvStorage for FileKv {
                 let mut pairs: Vec<(&[u8], &[u8])> =
                     values.iter().map(|(k, v)| (&k[..], &v[..])).collect();
                 pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                publish_snapshot(&path, applied, pairs.into_iter())
+                publish_snapshot(&path, applied, installed, pairs.into_iter())
             })
             .map_err(|e| Error::io("spawning the snapshot writer", e))?;
-        self.background = Some(handle);
+        self.background = Some((handle, applied));
         self.dirty = false;
         Ok(true)
+    }
+
+    fn durable_index(&mut self) -> LogIndex {
+        if let Err(e) = self.finish_background(false) {
+            log::warn!("background snapshot of {} failed: {e}", self.path.display());
+        }
+        self.durable
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.snapshot_bytes() as usize);
+        write_snapshot(&mut out, self.applied, None, self.data.iter())
+            .map_err(|e| Error::io("encoding a snapshot", e))?;
+        Ok(out)
+    }
+
+    fn install(&mut self, data: &[u8], index: LogIndex, term: Term) -> Result<()> {
+        let (applied, _, pairs) = decode(Path::new("a received snapshot"), data)?;
+        if applied != index {
+            return Err(Error::InvalidInput(format!(
+                "a snapshot said to hold the state through {index} holds it through {applied}"
+            )));
+        }
+        // A background flush must not rename an older state over this one.
+        if let Err(e) = self.finish_background(true) {
+            log::warn!("background snapshot of {} failed: {e}", self.path.display());
+        }
+        publish_snapshot(&self.path, applied, Some(term), pairs.iter())?;
+        self.data = pairs;
+        self.applied = applied;
+        self.installed = Some(term);
+        self.durable = applied;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn installed(&self) -> Option<(LogIndex, Term)> {
+        self.installed.map(|term| (self.applied, term))
     }
 }
 
@@ -240,15 +299,16 @@ impl FileKv {
     fn finish_background(&mut self, wait: bool) -> Result<bool> {
         match &self.background {
             None => return Ok(true),
-            Some(h) if !wait && !h.is_finished() => return Ok(false),
+            Some((h, _)) if !wait && !h.is_finished() => return Ok(false),
             Some(_) => {}
         }
-        let handle = self.background.take().expect("checked above");
+        let (handle, applied) = self.background.take().expect("checked above");
         let result = handle
             .join()
             .unwrap_or_else(|_| Err(Error::Failed("the snapshot writer panicked".into())));
-        if result.is_err() {
-            self.dirty = true;
+        match &result {
+            Ok(()) => self.durable = self.durable.max(applied),
+            Err(_) => self.dirty = true,
         }
         result.map(|()| true)
     }
@@ -344,20 +404,38 @@ impl Pairs {
     }
 }
 
-fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Pairs)> {
+/// Decodes a snapshot: its applied index, the term recorded for it if it
+/// was installed, and its pairs.
+fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Option<Term>, Pairs)> {
+    // Version 1 is still read; any other version is refused by the check.
+    let version = if b.len() >= 12 && u32_at(b, 8) == 1 {
+        1
+    } else {
+        VERSION
+    };
+    let header_len = if version == 1 {
+        HEADER_LEN_V1
+    } else {
+        HEADER_LEN
+    };
     let body_end = check_checksummed(
         path,
         b,
         &MAGIC,
         "kvapp-c key-value snapshot",
-        VERSION,
-        HEADER_LEN,
+        version,
+        header_len,
     )?;
     let corrupt = |offset: usize, reason: String| corrupt_at(path, offset, reason);
     let applied = u64_at(b, 12);
-    let count = u64_at(b, 20);
+    let (installed, count) = if version == 1 {
+        (0, u64_at(b, 20))
+    } else {
+        (u64_at(b, 20), u64_at(b, 28))
+    };
+    let installed = (installed != 0).then_some(installed);
     let mut data = Pairs::default();
-    let mut at = HEADER_LEN;
+    let mut at = header_len;
     // Reads a length-prefixed byte string at `at`.
     let field = |at: &mut usize, what: &str| -> Result<Vec<u8>> {
         if body_end - *at < 4 {
@@ -389,5 +467,5 @@ fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Pairs)> {
             format!("{} unexpected bytes after the pairs", body_end - at),
         ));
     }
-    Ok((applied, data))
+    Ok((applied, installed, data))
 }

@@ -7,7 +7,7 @@
 //! ```text
 //! header (36 bytes):
 //!   0  magic          8 bytes  "KVAPPLOG"
-//!   8  version        u32      2
+//!   8  version        u32      3
 //!   12 salt           u32      random, chosen when the file is created
 //!   16 prefix index   u64      index of the last discarded entry (0: none)
 //!   24 prefix term    u64      term of that entry (0: none)
@@ -27,7 +27,10 @@
 //! entry's index. So a written log holds no 512-byte sector of zeros, even
 //! where entries hold long runs of zeros, and a zero sector can only be one
 //! the disk never wrote (see the opening rules below). Version 1 stored the
-//! data as is; this build refuses such files.
+//! data as is; this build refuses such files. Version 2 is the same format
+//! without the start file below: such logs still open, and a discard moves
+//! their start without freeing space until the log is copied to a fresh
+//! file (then in version 3).
 //!
 //! # Invariants
 //!
@@ -86,14 +89,46 @@
 //!
 //! # Compaction
 //!
-//! `discard_through` writes the kept suffix behind a new header to a tmp
-//! file, syncs it, renames it over the log and syncs the directory. Its cost
-//! is proportional to the entries kept (normally few, as it runs right after
-//! a snapshot); as a side effect everything appended so far becomes durable.
+//! A version 3 log always has a start file next to it, `raft.log.start`,
+//! written when the log is created and replaced (through a synced and
+//! renamed tmp file) whenever the start moves:
+//!
+//! ```text
+//!   0  magic          8 bytes  "KVAPPLST"
+//!   8  version        u32      1
+//!   12 salt           u32      the log file's salt
+//!   16 prefix index   u64      index of the last discarded entry
+//!   24 prefix term    u64      term of that entry
+//!   32 start          u64      file offset of the record of the next entry
+//!   40 crc            u32      CRC-32 of bytes 0..40
+//! ```
+//!
+//! Discarding a prefix moves the start instead of rewriting the file:
+//! `discard_through` writes out and syncs the records, publishes the new
+//! start file, and then punches everything from the end of the header to
+//! the new start out of the file (`FALLOC_FL_PUNCH_HOLE`), which frees the
+//! disk blocks at a cost that does not depend on the entries kept. The
+//! file's length stays; it is sparse. Where punching holes is not
+//! supported the space stays allocated, and nothing else changes.
+//!
+//! Opening reads the start file first and scans from `start`; the record
+//! there must hold `prefix index + 1`. A start file whose salt is not the
+//! log's was left by a crash while a fresh file replaced the log (below);
+//! opening then starts after the header and writes a new start file. A
+//! missing start file is treated the same, but if the log's first record is
+//! damaged and valid records follow, the prefix may have been punched out:
+//! that is an error, never cut as a torn write.
+//!
+//! A fresh file (with a new salt) replaces the log in two cases: discarding
+//! every entry (a follower that installs a snapshot beyond its log), and a
+//! start that passed 1 GiB while the log keeps at most an eighth of that, so
+//! offsets and the file's apparent size stay bounded. The records kept are
+//! copied behind a header holding the prefix, the file is synced and renamed
+//! over the log, and then its start file is published.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,7 +142,10 @@ use crate::storage::{Entry, LogStorage, SyncJob};
 use crate::{Error, LogIndex, Result, Term};
 
 const MAGIC: [u8; 8] = *b"KVAPPLOG";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// The previous version, still opened: its files never had a prefix
+/// punched out, so they need no start file.
+const VERSION_2: u32 = 2;
 /// Length of the file header.
 const HEADER_LEN: u64 = 36;
 /// Length of a record's length and checksum fields.
@@ -127,6 +165,15 @@ const CHUNK: usize = 1 << 20;
 /// The smallest unit a disk writes whole; a torn or never-written write
 /// leaves whole sectors of zeros in preallocated space.
 const SECTOR: u64 = 512;
+const START_MAGIC: [u8; 8] = *b"KVAPPLST";
+const START_VERSION: u32 = 1;
+const START_LEN: usize = 44;
+/// Holes are punched in whole blocks of this size.
+const HOLE_BLOCK: u64 = 4096;
+/// Once the log's start passes this offset and what it keeps is at most an
+/// eighth of it, the kept records are copied to a fresh file, so offsets
+/// (and the file's apparent size) do not grow for ever.
+const REWRITE_AT: u64 = 1 << 30;
 
 /// A crash-safe [`LogStorage`] in one file. Open it with
 /// [`DataDir::log`](super::DataDir::log); see the module docs of
@@ -137,6 +184,8 @@ const SECTOR: u64 = 512;
 /// them survive a power loss.
 pub struct FileLog {
     path: PathBuf,
+    /// `raft.log.start`: where the log starts once a prefix was discarded.
+    start_path: PathBuf,
     /// Shared with running sync jobs.
     file: Arc<File>,
     salt: u32,
@@ -158,6 +207,12 @@ pub struct FileLog {
     shared: Arc<SyncShared>,
     /// Keeps zeros written ahead of the log's end.
     zeroer: Zeroer,
+    /// Set once punching a hole failed as unsupported: no more tries.
+    no_holes: bool,
+    /// The file's format version (2: holes are never punched in it).
+    version: u32,
+    /// See [`REWRITE_AT`]; changed only by tests.
+    rewrite_at: u64,
     _claim: Claim,
 }
 
@@ -194,8 +249,12 @@ impl FileLog {
     /// Opens the log at `path`, creating an empty one if it does not exist.
     pub(super) fn open(path: &Path, claim: Claim) -> Result<FileLog> {
         remove_stale_tmp(path)?;
+        let start_path = start_path_of(path);
+        remove_stale_tmp(&start_path)?;
         if !path.exists() {
-            replace_file(path, &encode_header(new_salt(), 0, 0))?;
+            let salt = new_salt();
+            replace_file(path, &encode_header(salt, 0, 0))?;
+            replace_file(&start_path, &encode_start(salt, 0, 0, HEADER_LEN))?;
         }
         let io_err = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
         let file = OpenOptions::new()
@@ -211,7 +270,12 @@ impl FileLog {
         let mut header = [0u8; HEADER_LEN as usize];
         let n = len.min(HEADER_LEN) as usize;
         read_exact_at(&file, &mut header[..n], 0).map_err(|e| io_err("reading", e))?;
-        check_magic_version(path, &header[..n], &MAGIC, "kvapp-c log file", VERSION)?;
+        let version = if n >= 12 && u32_at(&header, 8) == VERSION_2 {
+            VERSION_2
+        } else {
+            VERSION
+        };
+        check_magic_version(path, &header[..n], &MAGIC, "kvapp-c log file", version)?;
         let corrupt = |offset: u64, reason: String| Error::Corrupt {
             path: path.to_path_buf(),
             offset,
@@ -227,8 +291,32 @@ impl FileLog {
             return Err(corrupt(0, "header checksum mismatch".into()));
         }
         let salt = u32_at(&header, 12);
-        let prefix_index = u64_at(&header, 16);
-        let prefix_term = u64_at(&header, 24);
+        let mut prefix_index = u64_at(&header, 16);
+        let mut prefix_term = u64_at(&header, 24);
+        let mut start = HEADER_LEN;
+        let mut have_start = false;
+        if let Some(bytes) = super::read_file(&start_path, START_LEN as u64 + 1)? {
+            let (index, term, at) = decode_start(&start_path, &bytes)?;
+            if u32_at(&bytes, 12) != salt {
+                ::log::warn!(
+                    "removing {}: it belongs to a log file that was since replaced",
+                    start_path.display()
+                );
+                fs_remove(&start_path)?;
+            } else if index < prefix_index || at < HEADER_LEN || at > len {
+                return Err(Error::Corrupt {
+                    path: start_path.clone(),
+                    offset: 16,
+                    reason: format!(
+                        "start at offset {at} after index {index} does not fit the log \
+                         (prefix index {prefix_index}, {len} bytes)"
+                    ),
+                });
+            } else {
+                (prefix_index, prefix_term, start) = (index, term, at);
+                have_start = true;
+            }
+        }
         // Far beyond any real log; rejecting it keeps index arithmetic safe.
         if prefix_index > MAX_INDEX {
             return Err(corrupt(
@@ -241,9 +329,9 @@ impl FileLog {
         let mut terms = Vec::new();
         let mut reader = BufReader::with_capacity(CHUNK, &file);
         reader
-            .seek(SeekFrom::Start(HEADER_LEN))
+            .seek(SeekFrom::Start(start))
             .map_err(|e| io_err("seeking in", e))?;
-        let mut pos = HEADER_LEN;
+        let mut pos = start;
         let mut body = Vec::new();
         let mut damage = None;
         while pos < len {
@@ -258,6 +346,16 @@ impl FileLog {
             let index = u64_at(&body, 0);
             let expected = prefix_index + offsets.len() as LogIndex + 1;
             if index != expected {
+                if offsets.is_empty() && start > HEADER_LEN {
+                    return Err(corrupt(
+                        pos,
+                        format!(
+                            "the log's start ({}) names index {expected}, but the record \
+                             there holds {index}",
+                            start_path.display()
+                        ),
+                    ));
+                }
                 return Err(corrupt(
                     pos,
                     format!("record holds index {index} where {expected} was expected"),
@@ -274,6 +372,19 @@ impl FileLog {
         if let Some(reason) = damage
             && !all_zero(&file, pos, len).map_err(|e| io_err("reading", e))?
         {
+            if version >= VERSION && !have_start && offsets.is_empty() {
+                // A start file goes missing only in a crash while a fresh
+                // file replaces the log, whose first record is then intact;
+                // here it is not, so the prefix may have been punched out.
+                return Err(corrupt(
+                    pos,
+                    format!(
+                        "{} is missing and the log's first record is damaged ({reason}) \
+                         while records follow: the log's start is unknown",
+                        start_path.display()
+                    ),
+                ));
+            }
             let expected = prefix_index + offsets.len() as LogIndex + 1;
             let found = find_record(&file, salt, pos + 1, len, expected)
                 .map_err(|e| io_err("reading", e))?;
@@ -305,8 +416,16 @@ impl FileLog {
             file.sync_data().map_err(|e| io_err("syncing", e))?;
             file_len = pos;
         }
+        if version >= VERSION && !have_start {
+            // Restore the start file a crash left out (see above).
+            replace_file(
+                &start_path,
+                &encode_start(salt, prefix_index, prefix_term, HEADER_LEN),
+            )?;
+        }
         Ok(FileLog {
             path: path.to_path_buf(),
+            start_path,
             file: Arc::new(file),
             salt,
             prefix_index,
@@ -318,6 +437,9 @@ impl FileLog {
             changes: 0,
             shared: Arc::default(),
             zeroer: Zeroer::new(path, file_len),
+            no_holes: false,
+            version,
+            rewrite_at: REWRITE_AT,
             _claim: claim,
         })
     }
@@ -391,29 +513,247 @@ impl FileLog {
         }
         Ok(bytes)
     }
+}
 
-    /// Writes the header for `(index, term)` and the log bytes from
-    /// `keep_from` on to `w`.
-    fn write_compacted(
-        &self,
-        w: &mut impl Write,
-        index: LogIndex,
-        term: Term,
-        keep_from: u64,
-    ) -> io::Result<()> {
-        w.write_all(&encode_header(self.salt, index, term))?;
-        let mut chunk = vec![0u8; CHUNK];
-        let mut pos = keep_from;
-        while pos < self.written {
-            let n = CHUNK.min((self.written - pos) as usize);
-            read_exact_at(&self.file, &mut chunk[..n], pos)?;
-            w.write_all(&chunk[..n])?;
-            pos += n as u64;
+impl FileLog {
+    /// The term of the entry at `index`, if held.
+    fn term_of(&self, index: LogIndex) -> Option<Term> {
+        if index <= self.prefix_index || index > self.last_index() {
+            return (index == self.prefix_index).then_some(self.prefix_term);
         }
-        let from = keep_from.max(self.written) - self.written;
-        w.write_all(&self.pending[from as usize..])?;
-        w.flush()
+        let run = self.terms.partition_point(|&(first, _)| first <= index);
+        self.terms.get(run.wrapping_sub(1)).map(|&(_, t)| t)
     }
+
+    /// Replaces the log with an empty one whose prefix is `(index, term)`:
+    /// a fresh file (with a new salt) holding only the header, renamed over
+    /// the log, then its start file.
+    fn restart_after(&mut self, index: LogIndex, term: Term) -> Result<()> {
+        self.zeroer.finish(true);
+        // A new salt: a start file left by a crash before the new one is
+        // published names another file's salt, and opening replaces it.
+        let salt = new_salt();
+        let (tmp, file) = create_tmp(&self.path)?;
+        if let Err(e) = write_all_at(&file, &encode_header(salt, index, term), 0) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(format!("writing {}", tmp.display()), e));
+        }
+        if let Err(e) = commit_tmp(&file, &tmp, &self.path) {
+            // The rename may or may not have happened: stop changing the log.
+            self.fail();
+            return Err(e);
+        }
+        self.salt = salt;
+        self.offsets.clear();
+        self.terms.clear();
+        self.file = Arc::new(file);
+        self.written = HEADER_LEN;
+        self.zeroer.reset(self.written);
+        self.pending.clear();
+        self.prefix_index = index;
+        self.prefix_term = term;
+        // The new file was synced whole before it replaced the old one.
+        self.shared.synced.fetch_max(self.changes, Ordering::AcqRel);
+        self.version = VERSION;
+        if let Err(e) = replace_file(
+            &self.start_path,
+            &encode_start(salt, index, term, HEADER_LEN),
+        ) {
+            // Opening would drop the stale start file (its salt is the old
+            // file's) and write a new one, but stop here as after any
+            // failed change.
+            self.fail();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Copies the records held to a fresh file (with a new salt) that
+    /// starts right after its header, renames it over the log and publishes
+    /// its start file. Costs a read and a write of the records kept.
+    fn rewrite(&mut self) -> Result<()> {
+        self.write_pending()?;
+        self.zeroer.finish(true);
+        let salt = new_salt();
+        let (tmp, file) = create_tmp(&self.path)?;
+        let written = self.write_copy(&file, salt);
+        let (offsets, end) = match written {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                self.zeroer.reset(self.written);
+                return Err(e);
+            }
+        };
+        let published = commit_tmp(&file, &tmp, &self.path).and_then(|()| {
+            replace_file(
+                &self.start_path,
+                &encode_start(salt, self.prefix_index, self.prefix_term, HEADER_LEN),
+            )
+        });
+        if let Err(e) = published {
+            // The rename may or may not have happened: stop changing the log.
+            self.fail();
+            return Err(e);
+        }
+        ::log::info!(
+            "{}: copied {} entries to a fresh file ({} bytes)",
+            self.path.display(),
+            offsets.len(),
+            end
+        );
+        self.salt = salt;
+        self.offsets = offsets;
+        self.file = Arc::new(file);
+        self.written = end;
+        self.zeroer.reset(end);
+        self.version = VERSION;
+        // The new file was synced whole before it replaced the old one.
+        self.shared.synced.fetch_max(self.changes, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Writes the header and every record held, encoded with `salt`, to
+    /// `file`; returns the records' offsets there and the end.
+    fn write_copy(&self, file: &File, salt: u32) -> Result<(Vec<u64>, u64)> {
+        let io_err = |e| Error::io(format!("writing a copy of {}", self.path.display()), e);
+        let mut w = std::io::BufWriter::with_capacity(CHUNK, file);
+        w.write_all(&encode_header(salt, self.prefix_index, self.prefix_term))
+            .map_err(io_err)?;
+        let mut offsets = Vec::with_capacity(self.offsets.len());
+        let mut pos = HEADER_LEN;
+        let mut buf = Vec::new();
+        let last = self.last_index();
+        let mut next = self.prefix_index + 1;
+        while next <= last {
+            let hi = last.min(next + 255) + 1;
+            for e in self.entries(next, hi)? {
+                buf.clear();
+                encode_record(&mut buf, salt, &e);
+                offsets.push(pos);
+                pos += buf.len() as u64;
+                w.write_all(&buf).map_err(io_err)?;
+            }
+            next = hi;
+        }
+        w.flush().map_err(io_err)?;
+        Ok((offsets, pos))
+    }
+
+    /// Lowers the start offset past which the log is copied to a fresh
+    /// file (normally 1 GiB), so tests can reach it.
+    #[doc(hidden)]
+    pub fn set_rewrite_threshold(&mut self, bytes: u64) {
+        self.rewrite_at = bytes;
+    }
+
+    /// Frees the disk blocks of the discarded records before `start`. Only
+    /// space is at stake: a failure is logged and otherwise ignored.
+    fn punch_hole(&mut self, start: u64) {
+        // From right after the header: the part of the first block that
+        // goes is zeroed, so the log's first record is gone too, which is
+        // how opening tells a punched log that lost its start file.
+        let from = HEADER_LEN;
+        let to = start / HOLE_BLOCK * HOLE_BLOCK;
+        if self.no_holes || self.version < VERSION || to <= from {
+            return;
+        }
+        if let Err(e) = punch(&self.file, from, to - from) {
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                self.no_holes = true;
+            }
+            ::log::warn!(
+                "{}: could not free the space of discarded entries ({e}); it stays allocated",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// Deallocates `len` bytes at `offset` of `file`, which keeps its length.
+#[cfg(target_os = "linux")]
+fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn punch(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Where the start file of the log at `path` lives.
+fn start_path_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".start");
+    PathBuf::from(name)
+}
+
+/// Removes `path` if it exists.
+fn fs_remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// The start file's bytes.
+fn encode_start(salt: u32, index: LogIndex, term: Term, start: u64) -> [u8; START_LEN] {
+    let mut b = [0u8; START_LEN];
+    b[..8].copy_from_slice(&START_MAGIC);
+    b[8..12].copy_from_slice(&START_VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&salt.to_le_bytes());
+    b[16..24].copy_from_slice(&index.to_le_bytes());
+    b[24..32].copy_from_slice(&term.to_le_bytes());
+    b[32..40].copy_from_slice(&start.to_le_bytes());
+    let crc = crc32fast::hash(&b[..40]);
+    b[40..44].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Checks a start file: `(prefix index, prefix term, start)`, or an
+/// error naming the damage. (The salt, at 12, is the caller's to compare.)
+fn decode_start(path: &Path, b: &[u8]) -> Result<(LogIndex, Term, u64)> {
+    check_magic_version(
+        path,
+        b,
+        &START_MAGIC,
+        "kvapp-c log start file",
+        START_VERSION,
+    )?;
+    let corrupt = |offset: usize, reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    if b.len() != START_LEN {
+        return Err(corrupt(
+            b.len().min(START_LEN),
+            format!("the file holds {} bytes, not {START_LEN}", b.len()),
+        ));
+    }
+    if u32_at(b, 40) != crc32fast::hash(&b[..40]) {
+        return Err(corrupt(40, "checksum mismatch".into()));
+    }
+    let index = u64_at(b, 16);
+    if index > MAX_INDEX {
+        return Err(corrupt(16, format!("implausible prefix index {index}")));
+    }
+    Ok((index, u64_at(b, 24), u64_at(b, 32)))
 }
 
 impl LogStorage for FileLog {
@@ -567,50 +907,45 @@ impl LogStorage for FileLog {
                 "cannot discard through index {index}: beyond the largest log index"
             )));
         }
-        let end = self.end();
-        let keep_from = if index >= self.last_index() {
-            end
-        } else {
-            self.offset_of(index + 1)
-        };
-        self.zeroer.finish(true);
-        let (tmp, file) = create_tmp(&self.path)?;
-        if let Err(e) = self.write_compacted(&mut BufWriter::new(&file), index, term, keep_from) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(format!("writing {}", tmp.display()), e));
+        if index >= self.last_index() {
+            return self.restart_after(index, term);
         }
-        if let Err(e) = commit_tmp(&file, &tmp, &self.path) {
-            // The rename may or may not have happened: stop changing the log.
+        if self.last_index() < index || self.term_of(index) != Some(term) {
+            return Err(Error::InvalidInput(format!(
+                "cannot discard through {index} with term {term}: the log holds term {:?} there",
+                self.term_of(index)
+            )));
+        }
+        // The record the new start names must be durable before the start
+        // file points at it.
+        self.write_pending()?;
+        if let Err(e) = self.file.sync_data() {
             self.fail();
-            return Err(e);
+            return Err(Error::io(format!("syncing {}", self.path.display()), e));
         }
-
-        let dropped = (index.min(self.last_index()) - self.prefix_index) as usize;
+        self.shared.synced.fetch_max(self.changes, Ordering::AcqRel);
+        let start = self.offset_of(index + 1);
+        replace_file(
+            &self.start_path,
+            &encode_start(self.salt, index, term, start),
+        )?;
+        let dropped = (index - self.prefix_index) as usize;
         self.offsets.drain(..dropped);
-        for offset in &mut self.offsets {
-            *offset = *offset - keep_from + HEADER_LEN;
+        let holding = self
+            .terms
+            .partition_point(|&(first, _)| first <= index + 1)
+            .saturating_sub(1);
+        self.terms.drain(..holding);
+        if let Some(run) = self.terms.first_mut() {
+            run.0 = index + 1;
         }
-        if self.offsets.is_empty() {
-            self.terms.clear();
-        } else {
-            // Keep the run holding `index + 1`, starting it there.
-            let holding = self
-                .terms
-                .partition_point(|&(start, _)| start <= index + 1)
-                .saturating_sub(1);
-            self.terms.drain(..holding);
-            if let Some(run) = self.terms.first_mut() {
-                run.0 = index + 1;
-            }
-        }
-        self.file = Arc::new(file);
-        self.written = HEADER_LEN + (end - keep_from);
-        self.zeroer.reset(self.written);
-        self.pending.clear();
         self.prefix_index = index;
         self.prefix_term = term;
-        // The new file was synced whole before it replaced the old one.
-        self.shared.synced.fetch_max(self.changes, Ordering::AcqRel);
+        self.punch_hole(start);
+        let kept = self.end() - start;
+        if start >= self.rewrite_at && kept.saturating_mul(8) <= start {
+            self.rewrite()?;
+        }
         Ok(())
     }
 

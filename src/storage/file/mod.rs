@@ -5,7 +5,8 @@
 //! | file          | backend       | written by                                  |
 //! |---------------|---------------|---------------------------------------------|
 //! | `LOCK`        | -             | an exclusive advisory lock, never content   |
-//! | `raft.log`    | [`FileLog`]   | appends of CRC-checked records; rewritten whole by `discard_through` |
+//! | `raft.log`    | [`FileLog`]   | appends of CRC-checked records; a discarded prefix is punched out in place |
+//! | `raft.log.start` | [`FileLog`] | where the log starts once a prefix was discarded; replaced whole |
 //! | `raft.state`  | [`FileState`] | replaced whole on every save                |
 //! | `kv.snapshot` | [`FileKv`]    | replaced whole on every flush               |
 //! | `node.id`     | -             | the owning node, written once ([`DataDir::claim_identity`]) |
@@ -21,8 +22,9 @@
 //!   by writing a `*.tmp` sibling, syncing it, renaming it over the target and
 //!   syncing the directory. A crash leaves either the old or the new file; a
 //!   leftover `*.tmp` is deleted on open. The only file changed in place is
-//!   the log, and only by appending records that carry their own checksum or
-//!   by cutting records off its end.
+//!   the log, and only by appending records that carry their own checksum,
+//!   by cutting records off its end, or by freeing the blocks of records
+//!   before its start (which `raft.log.start` moved past them first).
 //! - **Corruption is reported, never repaired.** Every file starts with an
 //!   8-byte magic and a little-endian `u32` format version (a version this
 //!   build does not know is an error), and every byte of content is covered by
