@@ -23,6 +23,9 @@ fn a_short_local_run_reports_verifies_and_cleans_up() {
             "50",
             "--verify",
             "--json",
+            // The non-default scheduling class, so both are run somewhere.
+            "--client-sched",
+            "batch",
         ])
         .env("TMPDIR", tmp.path())
         .output()
