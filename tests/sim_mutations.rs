@@ -59,6 +59,7 @@ fn every_mutation_is_caught() {
         Mutation::AcceptStaleAppend,
         Mutation::ReadWithoutQuorum,
         Mutation::AckBeforeSync,
+        Mutation::InstallKeepsLog,
     ] {
         let t = Instant::now();
         match seeds_to_catch(mutation, limit) {

@@ -145,6 +145,9 @@ pub enum Mutation {
     ReadWithoutQuorum,
     /// Acknowledge appended entries before the local sync made them durable.
     AckBeforeSync,
+    /// A follower that installed a snapshot leaves its log and positions as
+    /// they were (and still acknowledges the snapshot).
+    InstallKeepsLog,
 }
 
 /// The role a node plays.
