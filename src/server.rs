@@ -94,6 +94,9 @@ enum Input {
     Adopt(Handover),
     /// The log sync the loop started has finished.
     Synced(Result<()>),
+    /// A snapshot of the store through this index, encoded for followers
+    /// off the loop.
+    SnapshotMade(LogIndex, Result<Vec<u8>>),
     Shutdown,
 }
 
@@ -335,6 +338,8 @@ impl ServerBuilder {
             unflushed_bytes: 0,
             flush_every,
             compact_keep,
+            inputs_tx: tx.clone(),
+            snapshot_running: false,
         };
         let spawned = thread::Builder::new()
             .name(format!("raft-loop-{id}"))
@@ -499,6 +504,10 @@ struct EventLoop<L: LogStorage, S: StateStorage> {
     /// See [`ServerBuilder::compaction`].
     flush_every: u64,
     compact_keep: u64,
+    /// Hands inputs to this loop (for the snapshot encoder).
+    inputs_tx: InputSender,
+    /// A snapshot for followers is being encoded.
+    snapshot_running: bool,
 }
 
 impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
@@ -598,6 +607,7 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             Input::Peer(from, msg) => self.node.step(from, msg)?,
             Input::Adopt(handover) => self.reader.adopt_peer(handover),
             Input::Synced(result) => self.node.finish_sync(result)?,
+            Input::SnapshotMade(index, made) => self.snapshot_made(index, made)?,
             Input::Shutdown => return Ok(false),
         }
         Ok(true)
@@ -739,9 +749,43 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         Ok(())
     }
 
+    /// Hands a snapshot encoded off the loop to the node.
+    fn snapshot_made(&mut self, index: LogIndex, made: Result<Vec<u8>>) -> Result<()> {
+        self.snapshot_running = false;
+        let id = self.node.config().id;
+        let data = match made {
+            Ok(data) => data,
+            Err(e) => {
+                // The next ready cycle asks again.
+                log::warn!("node {id}: making a snapshot for a follower failed: {e}");
+                return Ok(());
+            }
+        };
+        let bytes = data.len();
+        match self.node.offer_snapshot(index, data) {
+            Ok(()) => {
+                log::info!(
+                    "node {id}: sending a snapshot through {index} ({bytes} bytes) to a follower \
+                     behind the log"
+                );
+                Ok(())
+            }
+            // The log moved past it meanwhile: the next cycle asks again.
+            Err(Error::InvalidInput(why)) => {
+                log::debug!("node {id}: dropping the snapshot through {index}: {why}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Discards the log's entries that the store holds durably, but for
-    /// the last `compact_keep` of them.
+    /// the last `compact_keep` of them (not while a snapshot for
+    /// followers is being made: it must still be of use when it is done).
     fn compact(&mut self) -> Result<()> {
+        if self.snapshot_running {
+            return Ok(());
+        }
         let target = self
             .machine
             .durable_index()
@@ -756,18 +800,23 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         Ok(())
     }
 
-    /// Hands the node a snapshot for its followers, or installs one from
-    /// the leader, as the ready cycle asks.
+    /// Starts a snapshot for the node's followers, or installs one from the
+    /// leader, as the ready cycle asks. A snapshot for followers is encoded
+    /// on a thread (it takes time proportional to the store), and handed
+    /// to the node when it arrives as [`Input::SnapshotMade`].
     fn snapshots(&mut self, wanted: bool, received: Option<raft::Snapshot>) -> Result<()> {
-        if wanted {
-            let (index, data) = self.machine.snapshot()?;
-            log::info!(
-                "node {}: sending a snapshot through {index} ({} bytes) to a follower behind \
-                 the log",
-                self.node.config().id,
-                data.len()
-            );
-            self.node.offer_snapshot(index, data)?;
+        if wanted && !self.snapshot_running {
+            let (index, job) = self.machine.snapshot_job()?;
+            let tx = self.inputs_tx.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("kv-snapshot-{}", self.node.config().id))
+                .spawn(move || {
+                    tx.send(Input::SnapshotMade(index, job()));
+                });
+            if let Err(e) = spawned {
+                return Err(Error::io("spawning the snapshot encoder", e));
+            }
+            self.snapshot_running = true;
         }
         if let Some(snap) = received {
             let index = snap.index;

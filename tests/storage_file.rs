@@ -1453,6 +1453,30 @@ fn a_kv_snapshot_installs_elsewhere_durably_until_the_next_write() {
 }
 
 #[test]
+fn a_kv_snapshot_job_encodes_the_state_it_captured() {
+    let dir = tempdir();
+    let mut kv = open_kv(dir.path()).unwrap();
+    let batch = (0..500u32)
+        .map(|i| KvWrite::Put(format!("key-{i:04}").into_bytes(), vec![i as u8; 40]))
+        .collect();
+    kv.write(12, batch).unwrap();
+    let now = kv.snapshot().unwrap();
+    let job = kv.snapshot_job().unwrap();
+    // Changes after the capture do not reach the job's snapshot.
+    kv.write(
+        13,
+        vec![
+            KvWrite::Delete(b"key-0001".to_vec()),
+            KvWrite::Put(b"key-0002".to_vec(), b"new".to_vec()),
+        ],
+    )
+    .unwrap();
+    let encoded = std::thread::spawn(job).join().unwrap().unwrap();
+    assert_eq!(encoded, now);
+    assert_ne!(kv.snapshot().unwrap(), now);
+}
+
+#[test]
 fn a_version_1_kv_snapshot_is_still_read() {
     let dir = tempdir();
     let pairs: &[(&[u8], &[u8])] = &[(b"a", b"1"), (b"b", b"22")];

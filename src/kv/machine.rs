@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use super::protocol::{Command, Op, Outcome, Query};
 use super::{validate_key, validate_value};
 use crate::network::frame;
-use crate::storage::{Entry, KvStorage, KvWrite};
+use crate::storage::{Entry, KvStorage, KvWrite, SnapshotJob};
 use crate::{Error, LogIndex, Result, Term};
 
 /// The first byte of every internal key. User keys may not start with it.
@@ -146,6 +146,12 @@ impl KvStateMachine {
     /// follower that needs a snapshot.
     pub fn snapshot(&self) -> Result<(LogIndex, Vec<u8>)> {
         Ok((self.storage.applied_index(), self.storage.snapshot()?))
+    }
+
+    /// [`KvStateMachine::snapshot`] as a job for another thread (see
+    /// [`KvStorage::snapshot_job`]).
+    pub fn snapshot_job(&self) -> Result<(LogIndex, SnapshotJob)> {
+        Ok((self.storage.applied_index(), self.storage.snapshot_job()?))
     }
 
     /// Replaces the whole state with a snapshot from another replica's

@@ -114,6 +114,9 @@ impl std::fmt::Debug for SyncJob {
     }
 }
 
+/// Encodes a snapshot of a key-value store (see [`KvStorage::snapshot_job`]).
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
+
 /// The persistent part of Raft's state besides the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
@@ -180,6 +183,14 @@ pub trait KvStorage: Send {
     /// [`KvStorage::install`] on another replica.
     fn snapshot(&self) -> Result<Vec<u8>> {
         Err(Error::Failed("this store cannot make snapshots".into()))
+    }
+    /// [`KvStorage::snapshot`] of the content as it is now, as a job that
+    /// can run on another thread while the store changes. The default
+    /// encodes right away; a store whose encoding is long should only
+    /// capture its state here.
+    fn snapshot_job(&self) -> Result<SnapshotJob> {
+        let data = self.snapshot()?;
+        Ok(Box::new(move || Ok(data)))
     }
     /// Replaces the store's whole content with a snapshot made by
     /// [`KvStorage::snapshot`] at applied index `index`, whose term is

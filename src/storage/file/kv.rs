@@ -60,7 +60,7 @@ use super::{
     Claim, PacedWriter, WRITE_BACK_CHUNK, check_checksummed, commit_tmp, corrupt_at, create_tmp,
     read_file, remove_stale_tmp, u32_at, u64_at,
 };
-use crate::storage::{KvStorage, KvWrite};
+use crate::storage::{KvStorage, KvWrite, SnapshotJob};
 use crate::{Error, LogIndex, Result, Term};
 
 const MAGIC: [u8; 8] = *b"KVAPPKVS";
@@ -265,6 +265,23 @@ impl KvStorage for FileKv {
         write_snapshot(&mut out, self.applied, None, self.data.iter())
             .map_err(|e| Error::io("encoding a snapshot", e))?;
         Ok(out)
+    }
+
+    /// Copies the hash table (keys and values are shared); the job sorts
+    /// and encodes, as a background flush does.
+    fn snapshot_job(&self) -> Result<SnapshotJob> {
+        let values = self.data.values.clone();
+        let applied = self.applied;
+        let capacity = self.snapshot_bytes() as usize;
+        Ok(Box::new(move || {
+            let mut pairs: Vec<(&[u8], &[u8])> =
+                values.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut out = Vec::with_capacity(capacity);
+            write_snapshot(&mut out, applied, None, pairs.into_iter())
+                .map_err(|e| Error::io("encoding a snapshot", e))?;
+            Ok(out)
+        }))
     }
 
     fn install(&mut self, data: &[u8], index: LogIndex, term: Term) -> Result<()> {
