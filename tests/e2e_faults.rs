@@ -547,3 +547,73 @@ fn sigterm_and_sigint_stop_servers_cleanly_with_acknowledged_writes_kept() {
     assert_store(&mut client, &expected);
     cluster.assert_all_alive();
 }
+
+/// The prefix index in a log's start file (read raw: the node holds its
+/// directory), or 0 if there is none.
+fn discarded_through(dir: &std::path::Path) -> u64 {
+    std::fs::read(dir.join("raft.log.start"))
+        .ok()
+        .filter(|b| b.len() >= 24)
+        .map_or(0, |b| u64::from_le_bytes(b[16..24].try_into().unwrap()))
+}
+
+#[test]
+fn a_follower_killed_while_the_others_compact_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader();
+    let mut client = cluster.client(PATIENT);
+    put(&mut client, "before", "the follower died");
+    let behind = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
+    let other = cluster
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader && i != behind)
+        .unwrap();
+    cluster.kill(behind);
+
+    // 70 000 puts over 20 keys: past the 50 000 entries after which a node
+    // flushes its store, then discards its log behind the flush (keeping
+    // 10 000 entries), far beyond where the killed follower stopped.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvapp-c"))
+        .args(["bench", "--cluster", &cluster.list(), "--workload", "put"])
+        .args(["--clients", "32", "--requests", "70000", "--keys", "20"])
+        .args(["--warmup", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leader = cluster.wait_leader();
+    let leader_dir = cluster.data_dir(leader);
+    wait_for("the leader to compact its log", RECOVERY_DEADLINE, || {
+        (discarded_through(&leader_dir) > 1_000).then_some(())
+    });
+
+    cluster.restart(behind);
+    wait_caught_up(&cluster);
+    // Its log starts where the leader's snapshot ended: the entries before
+    // were never sent to it one by one (the leader no longer had them).
+    assert!(
+        discarded_through(&cluster.data_dir(behind)) > 1_000,
+        "the follower's log does not start after a snapshot"
+    );
+    // The follower now holds the store and a log that continues the
+    // leader's: with the other follower gone, writes commit only with its
+    // acknowledgements.
+    cluster.kill(other);
+    let mut expected = BTreeMap::new();
+    expected.insert("before".to_string(), Some("the follower died".to_string()));
+    for i in 0..20 {
+        let (k, v) = (format!("after-{i}"), format!("v{i}"));
+        put(&mut client, &k, &v);
+        expected.insert(k, Some(v));
+    }
+    assert_store(&mut client, &expected);
+    // And it keeps them across its own restart.
+    cluster.kill(behind);
+    cluster.restart(behind);
+    assert_store(&mut client, &expected);
+    cluster.assert_all_alive();
+}
