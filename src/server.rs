@@ -811,7 +811,13 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             let spawned = thread::Builder::new()
                 .name(format!("kv-snapshot-{}", self.node.config().id))
                 .spawn(move || {
-                    tx.send(Input::SnapshotMade(index, job()));
+                    // A panic must still report back, or no snapshot (and
+                    // no compaction) would ever follow.
+                    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                        .unwrap_or_else(|_| {
+                            Err(Error::Failed("the snapshot encoder panicked".into()))
+                        });
+                    tx.send(Input::SnapshotMade(index, made));
                 });
             if let Err(e) = spawned {
                 return Err(Error::io("spawning the snapshot encoder", e));

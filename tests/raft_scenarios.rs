@@ -1022,3 +1022,61 @@ fn a_snapshot_replaces_a_follower_log_that_disagrees_with_it() {
         "{terms:?}"
     );
 }
+
+#[test]
+fn a_follower_that_dies_during_its_snapshot_does_not_hold_compaction_back() {
+    let mut c = Cluster::with(3, small_appends);
+    c.elect(1);
+    c.crash(3);
+    for i in 0..20u8 {
+        c.propose(1, &[b'v', i, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+    c.deliver_all();
+    c.heartbeat(1);
+    for id in [1, 2] {
+        let applied = c.applied[&id].last().unwrap().index;
+        c.node_mut(id).compact(applied).unwrap();
+    }
+    c.start(3);
+    let mut piece = None;
+    for _ in 0..10 {
+        c.tick(1, 1);
+        piece = c.deliver_until_next(is_snapshot_piece);
+        if piece.is_some() {
+            break;
+        }
+    }
+    let Some(Envelope {
+        msg: Message::InstallSnapshot { index: sent, .. },
+        ..
+    }) = piece
+    else {
+        panic!("no snapshot piece");
+    };
+    // Node 3 dies in the middle of the transfer.
+    c.crash(3);
+    for i in 0..10u8 {
+        c.propose(1, &[b'w', i]);
+    }
+    c.deliver_all();
+    // While the transfer counts as live, compaction stops at its snapshot.
+    let applied = c.applied[&1].last().unwrap().index;
+    c.node_mut(1).compact(applied).unwrap();
+    assert_eq!(c.logs[&1].first_index(), sent + 1);
+    // After a quorum window without an answer from node 3 it no longer
+    // does, and the leader compacts past it.
+    let window = c.node(1).config().election_ticks_min;
+    for _ in 0..2 * window {
+        c.heartbeat(1);
+    }
+    assert_eq!(c.role(1), Role::Leader);
+    c.node_mut(1).compact(applied).unwrap();
+    assert_eq!(c.logs[&1].first_index(), applied + 1);
+    // Node 3 comes back and catches up from a newer snapshot.
+    c.start(3);
+    for _ in 0..10 {
+        c.heartbeat(1);
+    }
+    assert_eq!(c.commit(3), c.commit(1));
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+}

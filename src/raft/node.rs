@@ -413,7 +413,12 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         // over with a newer one (again and again under a steady load).
         let index = match &self.role {
             RoleState::Leader(leader) => match &leader.snapshot {
-                Some(s) if leader.progress.values().any(Progress::is_snapshot) => {
+                Some(s)
+                    if leader
+                        .progress
+                        .values()
+                        .any(|pr| pr.snapshot_index() == Some(s.index)) =>
+                {
                     index.min(s.index)
                 }
                 _ => index,
@@ -1406,6 +1411,13 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
                 .filter(|pr| pr.recent_active)
                 .count();
             for pr in leader.progress.values_mut() {
+                // A follower that did not answer for a whole window stops
+                // being sent its snapshot (so the leader may drop it, and
+                // compact past it); it gets heartbeats at the log's start,
+                // and a fresh snapshot once it answers.
+                if pr.is_snapshot() && !pr.recent_active {
+                    pr.become_snapshot();
+                }
                 pr.recent_active = false;
             }
             if self.config.check_quorum && active < quorum {
@@ -1503,13 +1515,17 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         {
             leader.snapshot = None;
         }
-        // A snapshot no follower needs any more only takes memory.
-        if !leader.progress.values().any(Progress::is_snapshot) {
+        // A snapshot no live follower needs only takes memory.
+        let wanted =
+            |pr: &Progress| pr.snapshot_index().is_some() || (pr.is_snapshot() && pr.recent_active);
+        if !leader.progress.values().any(wanted) {
             leader.snapshot = None;
         }
         for (&to, pr) in leader.progress.iter_mut() {
             if pr.is_snapshot() {
-                if let Some(snap) = &leader.snapshot {
+                if let Some(snap) = &leader.snapshot
+                    && wanted(pr)
+                {
                     pr.snapshot_from(snap.index);
                     if let Some(msg) =
                         snapshot_piece(snap, pr, self.id, self.term, self.config.max_append_bytes)

@@ -231,9 +231,17 @@ impl Progress {
         matches!(self.state, ProgressState::Probe { .. })
     }
 
-    /// Whether the follower is being sent a snapshot.
+    /// Whether the follower needs a snapshot (being sent one, or waiting).
     pub fn is_snapshot(&self) -> bool {
         matches!(self.state, ProgressState::Snapshot { .. })
+    }
+
+    /// The index of the snapshot being sent to the follower, if one is.
+    pub fn snapshot_index(&self) -> Option<LogIndex> {
+        match self.state {
+            ProgressState::Snapshot { index, .. } if index != 0 => Some(index),
+            _ => None,
+        }
     }
 }
 

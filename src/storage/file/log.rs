@@ -121,7 +121,7 @@
 //!
 //! A fresh file (with a new salt) replaces the log in two cases: discarding
 //! every entry (a follower that installs a snapshot beyond its log), and a
-//! start that passed 1 GiB while the log keeps at most an eighth of that, so
+//! start that passed 1 GiB while the log keeps at most 32 MiB, so
 //! offsets and the file's apparent size stay bounded. The records kept are
 //! copied behind a header holding the prefix, the file is synced and renamed
 //! over the log, and then its start file is published.
@@ -170,10 +170,13 @@ const START_VERSION: u32 = 1;
 const START_LEN: usize = 44;
 /// Holes are punched in whole blocks of this size.
 const HOLE_BLOCK: u64 = 4096;
-/// Once the log's start passes this offset and what it keeps is at most an
-/// eighth of it, the kept records are copied to a fresh file, so offsets
-/// (and the file's apparent size) do not grow for ever.
+/// Once the log's start passes this offset and what it keeps is at most
+/// [`REWRITE_MAX_KEPT`], the kept records are copied to a fresh file, so
+/// offsets (and the file's apparent size) do not grow for ever.
 const REWRITE_AT: u64 = 1 << 30;
+/// The most a copy to a fresh file moves: it runs in the caller's thread
+/// (the event loop), so it waits for a compaction that keeps little.
+const REWRITE_MAX_KEPT: u64 = 32 << 20;
 
 /// A crash-safe [`LogStorage`] in one file. Open it with
 /// [`DataDir::log`](super::DataDir::log); see the module docs of
@@ -573,18 +576,18 @@ impl FileLog {
     /// its start file. Costs a read and a write of the records kept.
     fn rewrite(&mut self) -> Result<()> {
         self.write_pending()?;
-        self.zeroer.finish(true);
         let salt = new_salt();
         let (tmp, file) = create_tmp(&self.path)?;
-        let written = self.write_copy(&file, salt);
-        let (offsets, end) = match written {
+        let (offsets, end) = match self.write_copy(&file, salt) {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                self.zeroer.reset(self.written);
                 return Err(e);
             }
         };
+        // The zero writer works on the file at the log's path: stopped
+        // before the new file takes that path.
+        self.zeroer.finish(true);
         let published = commit_tmp(&file, &tmp, &self.path).and_then(|()| {
             replace_file(
                 &self.start_path,
@@ -925,10 +928,14 @@ impl LogStorage for FileLog {
         }
         self.shared.synced.fetch_max(self.changes, Ordering::AcqRel);
         let start = self.offset_of(index + 1);
-        replace_file(
+        if let Err(e) = replace_file(
             &self.start_path,
             &encode_start(self.salt, index, term, start),
-        )?;
+        ) {
+            // The rename may or may not have happened: stop changing the log.
+            self.fail();
+            return Err(e);
+        }
         let dropped = (index - self.prefix_index) as usize;
         self.offsets.drain(..dropped);
         let holding = self
@@ -943,8 +950,20 @@ impl LogStorage for FileLog {
         self.prefix_term = term;
         self.punch_hole(start);
         let kept = self.end() - start;
-        if start >= self.rewrite_at && kept.saturating_mul(8) <= start {
-            self.rewrite()?;
+        if start >= self.rewrite_at
+            && kept <= REWRITE_MAX_KEPT
+            && let Err(e) = self.rewrite()
+        {
+            if self.failed() {
+                return Err(e);
+            }
+            // The discard stands and the log is whole; only the space of
+            // the punched prefix's offsets is at stake. A later compaction
+            // tries again.
+            ::log::warn!(
+                "{}: copying to a fresh file failed: {e}",
+                self.path.display()
+            );
         }
         Ok(())
     }
