@@ -334,7 +334,7 @@ impl ClientReader {
             let left = until.saturating_duration_since(Instant::now());
             timeout_ms = timeout_ms.min(left.as_nanos().div_ceil(1_000_000) as i32);
         }
-        if self.partial > 0 {
+        if self.partial > 0 || self.peers.has_partial() {
             timeout_ms = timeout_ms.min(SWEEP_MS);
         }
         let mut events = std::mem::take(&mut self.events);
@@ -378,8 +378,11 @@ impl ClientReader {
         }
         self.events = events;
         self.peers.take_ready(peer_msgs);
-        if self.partial > 0 && self.last_sweep.elapsed().as_millis() >= SWEEP_MS as u128 {
+        if (self.partial > 0 || self.peers.has_partial())
+            && self.last_sweep.elapsed().as_millis() >= SWEEP_MS as u128
+        {
             self.close_stuck();
+            self.peers.close_stuck(&self.poller, self.frame_timeout);
         }
         Ok(())
     }

@@ -8,7 +8,9 @@
 //! then the loop. Each connection keeps its frames in order; when a peer
 //! dials again, its older connection is closed, as the transport's readers
 //! retire theirs. Anything that does not parse closes the connection and is
-//! logged; the peer reconnects.
+//! logged; the peer reconnects. So does a connection that holds part of a
+//! frame for longer than the client port's frame timeout (a peer that
+//! stalled or vanished mid-frame).
 //!
 //! [`ClientReader::poll`]: super::clients::ClientReader::poll
 
@@ -16,6 +18,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use super::clients::{Poller, READ_BUDGET, READ_CHUNK};
 use crate::NodeId;
@@ -35,6 +38,8 @@ struct PeerConn {
     buf: Vec<u8>,
     /// The largest frame body accepted.
     max_frame: usize,
+    /// Since when `buf` holds part of a frame.
+    partial_since: Option<Instant>,
 }
 
 /// The adopted peer connections; see the module docs.
@@ -101,6 +106,7 @@ impl PeerConns {
                 stream,
                 buf: leftover,
                 max_frame,
+                partial_since: None,
             },
         );
         self.by_node.insert(node, token);
@@ -146,6 +152,32 @@ impl PeerConns {
         }
     }
 
+    /// Whether a connection holds part of a frame.
+    pub(super) fn has_partial(&self) -> bool {
+        self.conns.values().any(|c| c.partial_since.is_some())
+    }
+
+    /// Closes the connections that have held part of a frame for `timeout`
+    /// or longer; their peers dial again.
+    pub(super) fn close_stuck(&mut self, poller: &Poller, timeout: Duration) {
+        let stuck: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.partial_since.is_some_and(|t| t.elapsed() >= timeout))
+            .map(|(&token, _)| token)
+            .collect();
+        for token in stuck {
+            if let Some(conn) = self.conns.get(&token) {
+                log::warn!(
+                    "closing the Raft connection from node {}: it sent part of a message and \
+                     nothing more for {timeout:?}",
+                    conn.node
+                );
+            }
+            self.close(poller, token);
+        }
+    }
+
     /// Whether messages wait to be handed to the loop.
     pub(super) fn has_ready(&self) -> bool {
         !self.ready.is_empty()
@@ -182,6 +214,11 @@ impl PeerConns {
             at += end;
         };
         conn.buf.drain(..at);
+        conn.partial_since = match (conn.buf.is_empty(), conn.partial_since) {
+            (true, _) => None,
+            (false, None) => Some(Instant::now()),
+            (false, since) => since,
+        };
         // A large frame grew the buffer; do not keep that room for good.
         let keep = conn.buf.len().max(READ_CHUNK);
         if conn.buf.capacity() > 2 * keep {
@@ -215,10 +252,12 @@ mod tests {
     const DEADLINE: Duration = Duration::from_secs(60);
 
     fn reader() -> ClientReader {
+        reader_with(Duration::from_secs(30))
+    }
+
+    fn reader_with(frame_timeout: Duration) -> ClientReader {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        ClientReader::new(listener, Duration::from_secs(30))
-            .unwrap()
-            .0
+        ClientReader::new(listener, frame_timeout).unwrap().0
     }
 
     /// A connected pair: the far end (the "peer") and the near end.
@@ -348,6 +387,29 @@ mod tests {
             }
             assert!(closer.join().unwrap(), "{what}: the connection stayed open");
         }
+    }
+
+    /// A connection stuck inside a frame is closed after the frame
+    /// timeout; one that sends whole frames stays.
+    #[test]
+    fn a_connection_stuck_inside_a_frame_is_closed() {
+        let mut reader = reader_with(Duration::from_millis(200));
+        let (mut stuck_far, stuck_near) = pair();
+        let (mut whole_far, whole_near) = pair();
+        reader.adopt_peer(handover(2, 1, stuck_near, Vec::new(), frame::MAX_FRAME));
+        reader.adopt_peer(handover(3, 1, whole_near, Vec::new(), frame::MAX_FRAME));
+        stuck_far.write_all(&frame_of(6)[..7]).unwrap();
+        whole_far.write_all(&frame_of(6)).unwrap();
+        assert_eq!(poll_for(&mut reader, 1), vec![(3, 6)]);
+        let closer = std::thread::spawn(move || closed(&mut stuck_far));
+        let deadline = Instant::now() + DEADLINE;
+        while !closer.is_finished() && Instant::now() < deadline {
+            assert!(poll_once(&mut reader).is_empty());
+        }
+        assert!(closer.join().unwrap(), "the stuck connection stayed open");
+        // The other one still delivers.
+        whole_far.write_all(&frame_of(8)).unwrap();
+        assert_eq!(poll_for(&mut reader, 1), vec![(3, 8)]);
     }
 
     /// A peer that dials again replaces its older connection: what the
