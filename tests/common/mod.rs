@@ -92,6 +92,27 @@ pub fn signal(pid: u32, signal: libc::c_int) {
     assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
 }
 
+/// Whether every thread of process `pid` is stopped (state `T`).
+pub fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        if state != Some("T") {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// Waits for `child` to exit, up to `deadline`. `None` if it is still running.
 pub fn wait_exit(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
     let end = Instant::now() + deadline;
@@ -510,7 +531,14 @@ impl Cluster {
 
     /// SIGSTOP node `id`.
     pub fn pause(&mut self, id: NodeId) {
-        signal(self.pid(id), libc::SIGSTOP);
+        let pid = self.pid(id);
+        signal(pid, libc::SIGSTOP);
+        // The stop takes effect only once one of the node's threads gets a
+        // CPU to act on it; on a loaded machine the node may serve for a
+        // while before that. Wait until every thread is stopped.
+        wait_for(&format!("node {id} to stop"), RECOVERY_DEADLINE, || {
+            all_stopped(pid).then_some(())
+        });
         self.nodes[id as usize - 1].paused = true;
     }
 
