@@ -901,8 +901,9 @@ fn is_snapshot_piece(env: &Envelope) -> bool {
     matches!(env.msg, Message::InstallSnapshot { .. })
 }
 
-#[test]
-fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
+/// Node 1 leads and commits 20 entries while node 3 is down; nodes 1 and 2
+/// then discard everything they applied but the last `keep` entries.
+fn node_3_behind_a_compacted_log(keep: LogIndex) -> Cluster {
     let mut c = Cluster::with(3, small_appends);
     c.elect(1);
     c.crash(3);
@@ -911,30 +912,40 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     }
     c.deliver_all();
     c.heartbeat(1);
-    let commit = c.commit(1);
-    assert!(commit >= 21, "commit {commit}");
-    // Both live nodes discard all but the last two entries they applied.
     for id in [1, 2] {
         let applied = c.applied[&id].last().unwrap().index;
-        c.node_mut(id).compact(applied - 2).unwrap();
-        assert_eq!(c.logs[&id].first_index(), applied - 1);
+        c.node_mut(id).compact(applied - keep).unwrap();
+        assert_eq!(c.logs[&id].first_index(), applied - keep + 1);
     }
+    c
+}
+
+/// Restarts node 3 and ticks the leader until it sends node 3 a piece of
+/// a snapshot, which is taken off the network (lost) and returned.
+fn restart_node_3_until_a_snapshot_piece(c: &mut Cluster) -> Envelope {
+    c.start(3);
+    for _ in 0..10 {
+        c.tick(1, 1);
+        if let Some(piece) = c.deliver_until_next(is_snapshot_piece) {
+            return piece;
+        }
+    }
+    panic!("the leader sent no snapshot piece");
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    // Both live nodes discard all but the last two entries they applied.
+    let mut c = node_3_behind_a_compacted_log(2);
+    let commit = c.commit(1);
+    assert!(commit >= 21, "commit {commit}");
     // Compacting past what is applied is refused.
     assert!(c.node_mut(1).compact(commit + 5).is_err());
 
-    c.start(3);
     // The leader finds node 3 behind its log (a stalled stream falls back to
     // probing); the first piece of the snapshot is lost, and the leader
     // sends it again on a heartbeat.
-    let mut lost = None;
-    for _ in 0..10 {
-        c.tick(1, 1);
-        lost = c.deliver_until_next(is_snapshot_piece);
-        if lost.is_some() {
-            break;
-        }
-    }
-    let lost = lost.expect("a snapshot piece");
+    let lost = restart_node_3_until_a_snapshot_piece(&mut c);
     assert!(matches!(
         lost.msg,
         Message::InstallSnapshot { offset: 0, .. }
@@ -1025,33 +1036,11 @@ fn a_snapshot_replaces_a_follower_log_that_disagrees_with_it() {
 
 #[test]
 fn a_follower_that_dies_during_its_snapshot_does_not_hold_compaction_back() {
-    let mut c = Cluster::with(3, small_appends);
-    c.elect(1);
-    c.crash(3);
-    for i in 0..20u8 {
-        c.propose(1, &[b'v', i, 0, 0, 0, 0, 0, 0, 0, 0]);
-    }
-    c.deliver_all();
-    c.heartbeat(1);
-    for id in [1, 2] {
-        let applied = c.applied[&id].last().unwrap().index;
-        c.node_mut(id).compact(applied).unwrap();
-    }
-    c.start(3);
-    let mut piece = None;
-    for _ in 0..10 {
-        c.tick(1, 1);
-        piece = c.deliver_until_next(is_snapshot_piece);
-        if piece.is_some() {
-            break;
-        }
-    }
-    let Some(Envelope {
-        msg: Message::InstallSnapshot { index: sent, .. },
-        ..
-    }) = piece
+    let mut c = node_3_behind_a_compacted_log(0);
+    let Message::InstallSnapshot { index: sent, .. } =
+        restart_node_3_until_a_snapshot_piece(&mut c).msg
     else {
-        panic!("no snapshot piece");
+        unreachable!("a snapshot piece");
     };
     // Node 3 dies in the middle of the transfer.
     c.crash(3);

@@ -142,20 +142,15 @@ impl KvStateMachine {
         self.storage.durable_index()
     }
 
-    /// The whole state (data and sessions) and its applied index, for a
-    /// follower that needs a snapshot.
-    pub fn snapshot(&self) -> Result<(LogIndex, Vec<u8>)> {
-        Ok((self.storage.applied_index(), self.storage.snapshot()?))
-    }
-
-    /// [`KvStateMachine::snapshot`] as a job for another thread (see
-    /// [`KvStorage::snapshot_job`]).
+    /// The applied index and a job, for another thread, that encodes the
+    /// whole state (data and sessions) at that index for a follower that
+    /// needs a snapshot (see [`KvStorage::snapshot_job`]).
     pub fn snapshot_job(&self) -> Result<(LogIndex, SnapshotJob)> {
         Ok((self.storage.applied_index(), self.storage.snapshot_job()?))
     }
 
     /// Replaces the whole state with a snapshot from another replica's
-    /// [`KvStateMachine::snapshot`] at applied index `index`, whose term is
+    /// [`KvStateMachine::snapshot_job`] at applied index `index`, whose term is
     /// `term`, durably.
     pub fn install(&mut self, data: &[u8], index: LogIndex, term: Term) -> Result<()> {
         self.storage.install(data, index, term)?;

@@ -241,12 +241,7 @@ impl KvStorage for FileKv {
         let path = self.path.clone();
         let handle = thread::Builder::new()
             .name("kv-flush".into())
-            .spawn(move || {
-                let mut pairs: Vec<(&[u8], &[u8])> =
-                    values.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-                pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                publish_snapshot(&path, applied, installed, pairs.into_iter())
-            })
+            .spawn(move || publish_snapshot(&path, applied, installed, sorted(&values).into_iter()))
             .map_err(|e| Error::io("spawning the snapshot writer", e))?;
         self.background = Some((handle, applied));
         self.dirty = false;
@@ -274,11 +269,8 @@ impl KvStorage for FileKv {
         let applied = self.applied;
         let capacity = self.snapshot_bytes() as usize;
         Ok(Box::new(move || {
-            let mut pairs: Vec<(&[u8], &[u8])> =
-                values.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-            pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let mut out = Vec::with_capacity(capacity);
-            write_snapshot(&mut out, applied, None, pairs.into_iter())
+            write_snapshot(&mut out, applied, None, sorted(&values).into_iter())
                 .map_err(|e| Error::io("encoding a snapshot", e))?;
             Ok(out)
         }))
@@ -338,6 +330,14 @@ impl Drop for FileKv {
             log::warn!("background snapshot of {} failed: {e}", self.path.display());
         }
     }
+}
+
+/// The pairs of a copied hash table, in ascending key order (what a
+/// snapshot is written from off the store's thread).
+fn sorted(values: &HashMap<Bytes, Bytes>) -> Vec<(&[u8], &[u8])> {
+    let mut pairs: Vec<(&[u8], &[u8])> = values.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    pairs
 }
 
 /// A writer that checksums what goes through it.

@@ -519,15 +519,6 @@ impl FileLog {
 }
 
 impl FileLog {
-    /// The term of the entry at `index`, if held.
-    fn term_of(&self, index: LogIndex) -> Option<Term> {
-        if index <= self.prefix_index || index > self.last_index() {
-            return (index == self.prefix_index).then_some(self.prefix_term);
-        }
-        let run = self.terms.partition_point(|&(first, _)| first <= index);
-        self.terms.get(run.wrapping_sub(1)).map(|&(_, t)| t)
-    }
-
     /// Replaces the log with an empty one whose prefix is `(index, term)`:
     /// a fresh file (with a new salt) holding only the header, renamed over
     /// the log, then its start file.
@@ -913,10 +904,10 @@ impl LogStorage for FileLog {
         if index >= self.last_index() {
             return self.restart_after(index, term);
         }
-        if self.last_index() < index || self.term_of(index) != Some(term) {
+        let held = self.term(index)?;
+        if held != Some(term) {
             return Err(Error::InvalidInput(format!(
-                "cannot discard through {index} with term {term}: the log holds term {:?} there",
-                self.term_of(index)
+                "cannot discard through {index} with term {term}: the log holds term {held:?} there"
             )));
         }
         // The record the new start names must be durable before the start
