@@ -1476,6 +1476,56 @@ fn a_kv_snapshot_job_encodes_the_state_it_captured() {
     assert_ne!(kv.snapshot().unwrap(), now);
 }
 
+/// A job holds the store's hash map while writes go on beside it: with
+/// thousands of keys, overwrites, deletes and new keys after the capture
+/// (the job running meanwhile) neither reach the job's snapshot nor go
+/// missing from the store, before, while and after they move back into
+/// the map.
+#[test]
+fn a_kv_snapshot_job_and_later_writes_do_not_see_each_other() {
+    let dir = tempdir();
+    let mut kv = open_kv(dir.path()).unwrap();
+    let key = |i: u32| format!("key-{i:06}").into_bytes();
+    let batch = (0..20_000u32)
+        .map(|i| KvWrite::Put(key(i), i.to_le_bytes().to_vec()))
+        .collect();
+    kv.write(1, batch).unwrap();
+    let before = kv.snapshot().unwrap();
+    let job = std::thread::spawn(kv.snapshot_job().unwrap());
+    for round in 0..4u32 {
+        let batch = (0..20_000u32)
+            .filter(|i| i % 4 == round)
+            .map(|i| match i % 3 {
+                0 => KvWrite::Delete(key(i)),
+                _ => KvWrite::Put(key(i), b"later".to_vec()),
+            })
+            .chain((0..500).map(|i| KvWrite::Put(key(100_000 + round * 500 + i), b"new".to_vec())))
+            .collect();
+        kv.write(2 + u64::from(round), batch).unwrap();
+    }
+    assert_eq!(job.join().unwrap().unwrap(), before);
+    // The writes made meanwhile move back a few per write: a job taken
+    // half-way encodes the same state as the store's own snapshot.
+    for i in 0..50u32 {
+        let k = key(100_000 + i);
+        kv.write(6 + u64::from(i), vec![KvWrite::Put(k, b"new".to_vec())])
+            .unwrap();
+    }
+    let half_way = kv.snapshot_job().unwrap();
+    assert_eq!(half_way().unwrap(), kv.snapshot().unwrap());
+
+    let pairs = kv.scan_prefix(b"key-").unwrap();
+    let deleted = (0..20_000u32).filter(|i| i % 3 == 0).count();
+    assert_eq!(pairs.len(), 20_000 - deleted + 2_000);
+    for (k, v) in &pairs {
+        let i: u32 = std::str::from_utf8(&k[4..]).unwrap().parse().unwrap();
+        let want: &[u8] = if i >= 100_000 { b"new" } else { b"later" };
+        assert_eq!(v, want, "key {i}");
+        assert_eq!(kv.get(k).unwrap().as_deref(), Some(want));
+    }
+    assert_eq!(kv.get(&key(3)).unwrap(), None);
+}
+
 #[test]
 fn a_version_1_kv_snapshot_is_still_read() {
     let dir = tempdir();

@@ -324,6 +324,13 @@ enum KvOp {
         batch: Vec<(usize, Option<Vec<u8>>)>,
     },
     Flush,
+    /// Start a background flush (the file store writes it on a thread,
+    /// holding its map meanwhile).
+    FlushBackground,
+    /// Take a snapshot job and hold it (unrun) while writes go on.
+    Capture,
+    /// Run the oldest held job: it must encode the state of its capture.
+    RunJob,
     Crash,
 }
 
@@ -339,7 +346,14 @@ fn kv_op() -> impl Strategy<Value = KvOp> {
         ),
     )
         .prop_map(|(advance, batch)| KvOp::Write { advance, batch });
-    prop_oneof![6 => write, 2 => Just(KvOp::Flush), 1 => Just(KvOp::Crash)]
+    prop_oneof![
+        6 => write,
+        2 => Just(KvOp::Flush),
+        1 => Just(KvOp::FlushBackground),
+        1 => Just(KvOp::Capture),
+        1 => Just(KvOp::RunJob),
+        1 => Just(KvOp::Crash),
+    ]
 }
 
 #[derive(Clone, Debug, Default)]
@@ -352,6 +366,8 @@ trait KvHarness {
     type Kv: KvStorage;
     fn kv(&mut self) -> &mut Self::Kv;
     fn crash(&mut self);
+    /// Installs `snapshot` into a new, empty store and checks it against `m`.
+    fn check_install(snapshot: &[u8], m: &KvModel) -> Result<(), TestCaseError>;
 }
 
 struct MemoryKvHarness(MemoryKv);
@@ -363,6 +379,11 @@ impl KvHarness for MemoryKvHarness {
     }
     fn crash(&mut self) {
         self.0.crash();
+    }
+    fn check_install(snapshot: &[u8], m: &KvModel) -> Result<(), TestCaseError> {
+        let mut kv = MemoryKv::new();
+        kv.install(snapshot, m.applied, 1).unwrap();
+        check_kv(&kv, m)
     }
 }
 
@@ -395,6 +416,11 @@ impl KvHarness for FileKvHarness {
                 .expect("reopen kv"),
         );
     }
+    fn check_install(snapshot: &[u8], m: &KvModel) -> Result<(), TestCaseError> {
+        let mut h = FileKvHarness::new();
+        h.kv().install(snapshot, m.applied, 1).unwrap();
+        check_kv(h.kv(), m)
+    }
 }
 
 fn check_kv(kv: &impl KvStorage, m: &KvModel) -> Result<(), TestCaseError> {
@@ -417,6 +443,9 @@ fn check_kv(kv: &impl KvStorage, m: &KvModel) -> Result<(), TestCaseError> {
 fn run_kv<H: KvHarness>(h: &mut H, ops: &[KvOp]) -> Result<(), TestCaseError> {
     let mut m = KvModel::default();
     let mut durable = m.clone();
+    // Snapshot jobs taken and not run yet, with the state they captured and
+    // the length the store predicted for it.
+    let mut jobs = std::collections::VecDeque::new();
     for op in ops {
         match op {
             KvOp::Write { advance, batch } => {
@@ -440,6 +469,26 @@ fn run_kv<H: KvHarness>(h: &mut H, ops: &[KvOp]) -> Result<(), TestCaseError> {
             KvOp::Flush => {
                 h.kv().flush().unwrap();
                 durable = m.clone();
+            }
+            KvOp::FlushBackground => {
+                // Skipped while the last one runs; dropping the store waits
+                // for a running one, so a crash cannot lose it.
+                if h.kv().flush_background().unwrap() {
+                    durable = m.clone();
+                }
+            }
+            KvOp::Capture => {
+                let job = h.kv().snapshot_job().unwrap();
+                jobs.push_back((job, m.clone(), h.kv().snapshot_bytes()));
+            }
+            KvOp::RunJob => {
+                if let Some((job, captured, predicted)) = jobs.pop_front() {
+                    let data = job().unwrap();
+                    if predicted != 0 {
+                        prop_assert_eq!(data.len() as u64, predicted);
+                    }
+                    H::check_install(&data, &captured)?;
+                }
             }
             KvOp::Crash => {
                 h.crash();
