@@ -117,6 +117,9 @@ trait LogHarness {
     fn log(&mut self) -> &mut Self::Log;
     /// Called after each successful `sync`.
     fn synced(&mut self);
+    /// Waits until a discard is on disk (the file log moves its start on a
+    /// thread).
+    fn settle(&mut self) {}
     fn restart(&mut self);
     fn crash(&mut self);
 }
@@ -180,6 +183,9 @@ impl LogHarness for FileLogHarness {
     }
     fn synced(&mut self) {
         self.durable = std::fs::read(self.path()).expect("read log file");
+    }
+    fn settle(&mut self) {
+        self.log().wait_for_discard();
     }
     fn restart(&mut self) {
         self.log = None;
@@ -264,6 +270,7 @@ fn run_log<H: LogHarness>(h: &mut H, ops: &[LogOp]) -> Result<(), TestCaseError>
                 let index = m.prefix_index + pick;
                 let term = m.term(index).unwrap_or(m.last_term() + 1);
                 h.log().discard_through(index, term).unwrap();
+                h.settle();
                 if index > m.prefix_index {
                     let drop = (index.min(m.last_index()) - m.prefix_index) as usize;
                     m.entries.drain(..drop);
@@ -271,7 +278,7 @@ fn run_log<H: LogHarness>(h: &mut H, ops: &[LogOp]) -> Result<(), TestCaseError>
                     m.prefix_term = term;
                     // A discard makes the whole log durable first (a synced
                     // file behind a synced start pointer, or a synced fresh
-                    // file).
+                    // file), once its disk part is done.
                     h.synced();
                     durable = m.clone();
                 }

@@ -152,7 +152,8 @@ impl LogStorage for MemoryLog {
         }
         img.prefix_index = index;
         img.prefix_term = term;
-        // Like the file log, a discard leaves the whole log durable.
+        // A discard leaves the whole log durable at once (the file log gets
+        // there a little later, on a thread).
         inner.durable = inner.current.clone();
         inner.discards += 1;
         Ok(())

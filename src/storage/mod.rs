@@ -58,9 +58,14 @@ pub trait LogStorage: Send {
     fn truncate_after(&mut self, index: LogIndex) -> Result<()>;
     /// Discards every entry up to and including `index`, remembering `term`
     /// as the term at `index`. Used once a snapshot covers that prefix.
-    /// When it returns, the discard and every change before it are durable.
     /// If `index` is within the log, `term` must be its entry's term; past
     /// the end, the log becomes empty and continues after `index`.
+    ///
+    /// Past the end, the discard and every change before it are durable
+    /// when it returns. Within the log, a store may make them durable a
+    /// little later (the file log does so on a thread): a crash before then
+    /// brings back discarded entries, which a snapshot covers anyway, and
+    /// leaves the entries kept as durable as the last sync made them.
     fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()>;
     /// Starts making every change made so far durable and returns the job
     /// that finishes it. Those changes are durable once the job's

@@ -104,12 +104,17 @@
 //! ```
 //!
 //! Discarding a prefix moves the start instead of rewriting the file:
-//! `discard_through` writes out and syncs the records, publishes the new
-//! start file, and then punches everything from the end of the header to
-//! the new start out of the file (`FALLOC_FL_PUNCH_HOLE`), which frees the
-//! disk blocks at a cost that does not depend on the entries kept. The
-//! file's length stays; it is sparse. Where punching holes is not
-//! supported the space stays allocated, and nothing else changes.
+//! `discard_through` drops the entries from memory and writes out the
+//! records; then a `log-discard` thread syncs them, publishes the new start
+//! file, and punches everything from the end of the header to the new start
+//! out of the file (`FALLOC_FL_PUNCH_HOLE`), which frees the disk blocks at
+//! a cost that does not depend on the entries kept. The file's length
+//! stays; it is sparse. Where punching holes is not supported the space
+//! stays allocated, and nothing else changes. The thread keeps those syncs
+//! (up to 140 ms under load) out of the caller's event loop; until it is
+//! done the file still starts where it did, so a crash keeps entries the
+//! log had discarded, which costs only space. The next discard, a fresh
+//! file (below) and dropping the log wait for it.
 //!
 //! Opening reads the start file first and scans from `start`; the record
 //! there must hold `prefix index + 1`. A start file whose salt is not the
@@ -132,6 +137,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
 
 use super::prealloc::Zeroer;
 use super::{
@@ -212,6 +218,9 @@ pub struct FileLog {
     zeroer: Zeroer,
     /// Set once punching a hole failed as unsupported: no more tries.
     no_holes: bool,
+    /// The disk part of the last discard (sync, start file, hole), running
+    /// on a thread; it returns whether holes turned out unsupported.
+    discarding: Option<JoinHandle<bool>>,
     /// The file's format version (2: holes are never punched in it).
     version: u32,
     /// See [`REWRITE_AT`]; changed only by tests.
@@ -441,6 +450,7 @@ impl FileLog {
             shared: Arc::default(),
             zeroer: Zeroer::new(path, file_len),
             no_holes: false,
+            discarding: None,
             version,
             rewrite_at: REWRITE_AT,
             _claim: claim,
@@ -523,6 +533,9 @@ impl FileLog {
     /// a fresh file (with a new salt) holding only the header, renamed over
     /// the log, then its start file.
     fn restart_after(&mut self, index: LogIndex, term: Term) -> Result<()> {
+        // The discard on disk works on the file this replaces.
+        self.settle_discard();
+        self.check_usable()?;
         self.zeroer.finish(true);
         // A new salt: a start file left by a crash before the new one is
         // published names another file's salt, and opening replaces it.
@@ -566,6 +579,8 @@ impl FileLog {
     /// starts right after its header, renames it over the log and publishes
     /// its start file. Costs a read and a write of the records kept.
     fn rewrite(&mut self) -> Result<()> {
+        self.settle_discard();
+        self.check_usable()?;
         self.write_pending()?;
         let salt = new_salt();
         let (tmp, file) = create_tmp(&self.path)?;
@@ -641,25 +656,94 @@ impl FileLog {
         self.rewrite_at = bytes;
     }
 
-    /// Frees the disk blocks of the discarded records before `start`. Only
-    /// space is at stake: a failure is logged and otherwise ignored.
-    fn punch_hole(&mut self, start: u64) {
-        // From right after the header: the part of the first block that
-        // goes is zeroed, so the log's first record is gone too, which is
-        // how opening tells a punched log that lost its start file.
+    /// The range to punch out once the log starts at `start`: from right
+    /// after the header (the part of the first block that goes is zeroed,
+    /// so the log's first record is gone too, which is how opening tells a
+    /// punched log that lost its start file) to the block below `start`.
+    fn hole_before(&self, start: u64) -> Option<(u64, u64)> {
         let from = HEADER_LEN;
         let to = start / HOLE_BLOCK * HOLE_BLOCK;
-        if self.no_holes || self.version < VERSION || to <= from {
-            return;
+        (!self.no_holes && self.version >= VERSION && to > from).then_some((from, to - from))
+    }
+
+    /// The disk part of a discard through `index` (of `term`), whose next
+    /// record is at `start`.
+    fn disk_discard(&self, index: LogIndex, term: Term, start: u64) -> DiskDiscard {
+        DiskDiscard {
+            file: self.file.clone(),
+            shared: self.shared.clone(),
+            path: self.path.clone(),
+            start_path: self.start_path.clone(),
+            start_record: encode_start(self.salt, index, term, start),
+            changes: self.changes,
+            hole: self.hole_before(start),
         }
-        if let Err(e) = punch(&self.file, from, to - from) {
-            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                self.no_holes = true;
+    }
+
+    /// Waits for the disk part of the last discard, if one runs.
+    fn settle_discard(&mut self) {
+        if let Some(handle) = self.discarding.take() {
+            match handle.join() {
+                Ok(unsupported) => self.no_holes |= unsupported,
+                Err(_) => self.fail(),
             }
-            ::log::warn!(
-                "{}: could not free the space of discarded entries ({e}); it stays allocated",
+        }
+    }
+
+    /// Waits until the last discard is on disk (its start file published
+    /// and its space freed); for tests.
+    #[doc(hidden)]
+    pub fn wait_for_discard(&mut self) {
+        self.settle_discard();
+    }
+}
+
+/// The disk part of a discard that moved the log's start to `start` (the
+/// record of `index + 1`): syncs the log, then publishes the start file,
+/// then frees `hole`. `changes` is the change count written out before.
+/// A failed sync or publish stops the log; a failed hole only keeps the
+/// space. Returns whether holes are unsupported here.
+struct DiskDiscard {
+    file: Arc<File>,
+    shared: Arc<SyncShared>,
+    path: PathBuf,
+    start_path: PathBuf,
+    start_record: [u8; START_LEN],
+    changes: u64,
+    hole: Option<(u64, u64)>,
+}
+
+impl DiskDiscard {
+    fn run(self) -> bool {
+        // The record the new start names must be durable before the start
+        // file points at it.
+        if let Err(e) = self.file.sync_data() {
+            self.shared.failed.store(true, Ordering::Release);
+            ::log::error!(
+                "syncing {} before moving its start: {e}",
                 self.path.display()
             );
+            return false;
+        }
+        self.shared.synced.fetch_max(self.changes, Ordering::AcqRel);
+        if let Err(e) = replace_file(&self.start_path, &self.start_record) {
+            // The rename may or may not have happened: stop changing the log.
+            self.shared.failed.store(true, Ordering::Release);
+            ::log::error!("{e}");
+            return false;
+        }
+        let Some((from, len)) = self.hole else {
+            return false;
+        };
+        match punch(&self.file, from, len) {
+            Ok(()) => false,
+            Err(e) => {
+                ::log::warn!(
+                    "{}: could not free the space of discarded entries ({e}); it stays allocated",
+                    self.path.display()
+                );
+                e.raw_os_error() == Some(libc::EOPNOTSUPP)
+            }
         }
     }
 }
@@ -910,23 +994,12 @@ impl LogStorage for FileLog {
                 "cannot discard through {index} with term {term}: the log holds term {held:?} there"
             )));
         }
-        // The record the new start names must be durable before the start
-        // file points at it.
+        // One discard on disk at a time, in order.
+        self.settle_discard();
+        self.check_usable()?;
         self.write_pending()?;
-        if let Err(e) = self.file.sync_data() {
-            self.fail();
-            return Err(Error::io(format!("syncing {}", self.path.display()), e));
-        }
-        self.shared.synced.fetch_max(self.changes, Ordering::AcqRel);
         let start = self.offset_of(index + 1);
-        if let Err(e) = replace_file(
-            &self.start_path,
-            &encode_start(self.salt, index, term, start),
-        ) {
-            // The rename may or may not have happened: stop changing the log.
-            self.fail();
-            return Err(e);
-        }
+        let disk = self.disk_discard(index, term, start);
         let dropped = (index - self.prefix_index) as usize;
         self.offsets.drain(..dropped);
         let holding = self
@@ -939,22 +1012,37 @@ impl LogStorage for FileLog {
         }
         self.prefix_index = index;
         self.prefix_term = term;
-        self.punch_hole(start);
-        let kept = self.end() - start;
-        if start >= self.rewrite_at
-            && kept <= REWRITE_MAX_KEPT
-            && let Err(e) = self.rewrite()
-        {
-            if self.failed() {
-                return Err(e);
-            }
-            // The discard stands and the log is whole; only the space of
-            // the punched prefix's offsets is at stake. A later compaction
-            // tries again.
-            ::log::warn!(
-                "{}: copying to a fresh file failed: {e}",
+        // The disk part runs beside the caller (its syncs took up to 140 ms
+        // of the event loop under load). Until it is done the file still
+        // starts where it did, so a crash keeps entries that were
+        // discarded, which only costs space.
+        let spawned = thread::Builder::new()
+            .name("log-discard".into())
+            .spawn(move || disk.run());
+        match spawned {
+            Ok(handle) => self.discarding = Some(handle),
+            // The file keeps its old start, as after a crash; the next
+            // discard moves it.
+            Err(e) => ::log::warn!(
+                "{}: no thread to move the start on disk ({e}); the space stays allocated for now",
                 self.path.display()
-            );
+            ),
+        }
+        let kept = self.end() - start;
+        if start >= self.rewrite_at && kept <= REWRITE_MAX_KEPT {
+            // The copy waits for the discard on disk, whose file it replaces.
+            if let Err(e) = self.rewrite() {
+                if self.failed() {
+                    return Err(e);
+                }
+                // The discard stands and the log is whole; only the space of
+                // the punched prefix's offsets is at stake. A later
+                // compaction tries again.
+                ::log::warn!(
+                    "{}: copying to a fresh file failed: {e}",
+                    self.path.display()
+                );
+            }
         }
         Ok(())
     }
@@ -985,6 +1073,8 @@ impl LogStorage for FileLog {
 
 impl Drop for FileLog {
     fn drop(&mut self) {
+        // The directory lock must outlive the discard on disk.
+        self.settle_discard();
         self.zeroer.stop();
         if !self.failed()
             && let Err(e) = self.write_pending()
