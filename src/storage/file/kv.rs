@@ -529,6 +529,11 @@ impl Pairs {
     /// job holds it any more.
     fn fold(&mut self, max: usize) {
         if self.newer.is_empty() {
+            // Writes that went straight to the map, or removed keys only
+            // `newer` held, can leave listings behind.
+            if !self.to_fold.is_empty() {
+                self.to_fold = Vec::new();
+            }
             return;
         }
         let Some(base) = Arc::get_mut(&mut self.base) else {

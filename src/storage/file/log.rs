@@ -135,8 +135,8 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use super::prealloc::Zeroer;
@@ -249,6 +249,31 @@ struct SyncShared {
     /// Set when a write, sync or truncation failed: the file's content is
     /// unknown from then on.
     failed: AtomicBool,
+    /// Held around each sync of the log's file; see [`SyncShared::sync`].
+    one_sync: Mutex<()>,
+}
+
+impl SyncShared {
+    /// Syncs the log's `file`, one sync at a time, and fails once anything
+    /// failed. Sync jobs and the discard thread share one open file, and
+    /// Linux reports a failed write-back to only one `fsync` of it: the
+    /// sync after a failed one must not report the lost pages durable.
+    fn sync(&self, file: &File) -> io::Result<()> {
+        let _one = self.one_sync.lock().unwrap_or_else(|e| e.into_inner());
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier write or sync of the log failed",
+            ));
+        }
+        let result = file.sync_data();
+        if result.is_err() {
+            // After a failed fsync the kernel may have dropped the dirty
+            // pages: nothing written since the last good sync can be
+            // trusted.
+            self.failed.store(true, Ordering::Release);
+        }
+        result
+    }
 }
 
 /// Why a record cannot be read where one is expected.
@@ -717,8 +742,7 @@ impl DiskDiscard {
     fn run(self) -> bool {
         // The record the new start names must be durable before the start
         // file points at it.
-        if let Err(e) = self.file.sync_data() {
-            self.shared.failed.store(true, Ordering::Release);
+        if let Err(e) = self.shared.sync(&self.file) {
             ::log::error!(
                 "syncing {} before moving its start: {e}",
                 self.path.display()
@@ -1058,11 +1082,7 @@ impl LogStorage for FileLog {
         let shared = self.shared.clone();
         let path = self.path.clone();
         Ok(SyncJob::new(move || {
-            if let Err(e) = file.sync_data() {
-                // After a failed fsync the kernel may have dropped the dirty
-                // pages: nothing written since the last good sync can be
-                // trusted.
-                shared.failed.store(true, Ordering::Release);
+            if let Err(e) = shared.sync(&file) {
                 return Err(Error::io(format!("syncing {}", path.display()), e));
             }
             shared.synced.fetch_max(target, Ordering::AcqRel);
