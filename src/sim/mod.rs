@@ -56,10 +56,11 @@ pub enum FaultKind {
     SkewedTicks,
     Compacted,
     SnapshotInstalled,
+    DiscardUndone,
 }
 
 impl FaultKind {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const ALL: [FaultKind; FaultKind::COUNT] = [
         FaultKind::Drop,
         FaultKind::Duplicate,
@@ -72,6 +73,7 @@ impl FaultKind {
         FaultKind::SkewedTicks,
         FaultKind::Compacted,
         FaultKind::SnapshotInstalled,
+        FaultKind::DiscardUndone,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -87,6 +89,7 @@ impl FaultKind {
             FaultKind::SkewedTicks => "skewed tick rates",
             FaultKind::Compacted => "log compacted",
             FaultKind::SnapshotInstalled => "follower installed a snapshot",
+            FaultKind::DiscardUndone => "crash brought discarded entries back",
         }
     }
 }
@@ -124,6 +127,10 @@ pub struct Params {
     /// durable, keeping `compact_keep` entries before the durable index.
     pub compact_chance: f64,
     pub compact_keep: u64,
+    /// Whether a discard within a log becomes durable only with the next
+    /// sync (the file log's is durable once its thread is done), so a crash
+    /// can bring discarded entries back.
+    pub lazy_discards: bool,
 }
 
 impl Params {
@@ -176,6 +183,7 @@ impl Params {
             // before compaction was modelled.
             compact_chance: [0.0, 0.3, 1.0][rng.between(0, 2) as usize],
             compact_keep: [0, 3, 20][rng.between(0, 2) as usize],
+            lazy_discards: rng.chance(0.8),
         }
     }
 
@@ -199,7 +207,7 @@ impl Params {
             }
         }
         format!(
-            "{} nodes, pre_vote={}, check_quorum={}, heartbeat {} ticks, election {}..{} ticks, max_inflight {}, max_append_bytes {}, tick periods {:?} (in tenths of a tick), {} clients, faults for {} ticks: [{}], new leader crash chance {}, state machine flush chance {}, ready cycles batch inputs for up to {} tenths of a tick, log compaction chance {} keeping {} entries",
+            "{} nodes, pre_vote={}, check_quorum={}, heartbeat {} ticks, election {}..{} ticks, max_inflight {}, max_append_bytes {}, tick periods {:?} (in tenths of a tick), {} clients, faults for {} ticks: [{}], new leader crash chance {}, state machine flush chance {}, ready cycles batch inputs for up to {} tenths of a tick, log compaction chance {} keeping {} entries, discards durable {}",
             self.nodes,
             self.pre_vote,
             self.check_quorum,
@@ -216,7 +224,12 @@ impl Params {
             self.flush_chance,
             self.max_batch_delay,
             self.compact_chance,
-            self.compact_keep
+            self.compact_keep,
+            if self.lazy_discards {
+                "with the next sync"
+            } else {
+                "at once"
+            }
         )
     }
 }
@@ -434,7 +447,7 @@ impl Stats {
         for kind in FaultKind::ALL {
             let _ = writeln!(
                 out,
-                "  {:<34} {:>6.1}%",
+                "  {:<37} {:>6.1}%",
                 kind.name(),
                 100.0 * self.fault_seeds[kind as usize] as f64 / (self.seeds.max(1)) as f64
             );

@@ -273,7 +273,11 @@ impl World {
             .iter()
             .map(|&id| Slot {
                 id,
-                mem: MemoryLog::new(),
+                mem: {
+                    let mem = MemoryLog::new();
+                    mem.set_lazy_discards(params.lazy_discards);
+                    mem
+                },
                 state: MemoryState::new(),
                 node: None,
                 epoch: 0,
@@ -532,8 +536,10 @@ impl World {
         }
         let lost = node.log_storage().has_unsynced();
         slot.down_durable = node.log_storage().durable_hashes();
+        let first = node.log_storage().first_index();
         drop(node);
         slot.mem.crash();
+        let undone = slot.mem.first_index() < first;
         slot.state.crash();
         slot.epoch += 1;
         slot.ready_scheduled = false;
@@ -559,6 +565,9 @@ impl World {
         self.faults[FaultKind::Crash as usize] = true;
         if lost {
             self.faults[FaultKind::LostUnsynced as usize] = true;
+        }
+        if undone {
+            self.faults[FaultKind::DiscardUndone as usize] = true;
         }
         self.trace.push(
             self.now,

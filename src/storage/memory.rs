@@ -38,6 +38,8 @@ struct LogInner {
     /// captured before one has nothing left to do (and must not put back
     /// the image it captured).
     discards: u64,
+    /// See [`MemoryLog::set_lazy_discards`].
+    lazy_discards: bool,
 }
 
 /// In-memory [`LogStorage`].
@@ -60,6 +62,19 @@ impl MemoryLog {
     pub fn crash(&self) {
         let mut inner = self.lock();
         inner.current = inner.durable.clone();
+    }
+
+    /// Makes a discard within the log durable only with the next sync, as
+    /// [`LogStorage::discard_through`] allows (a crash before it brings the
+    /// discarded entries back). Discarding past the end stays durable at
+    /// once. Off by default; the simulator turns it on for some seeds.
+    pub fn set_lazy_discards(&self, lazy: bool) {
+        self.lock().lazy_discards = lazy;
+    }
+
+    /// Whether discards within the log wait for the next sync.
+    pub fn lazy_discards(&self) -> bool {
+        self.lock().lazy_discards
     }
 
     /// Every entry currently held (durable or not), for checks.
@@ -144,14 +159,18 @@ impl LogStorage for MemoryLog {
         if index <= img.prefix_index {
             return Ok(());
         }
-        if index >= img.last_index() {
-            img.entries.clear();
-        } else {
+        let within = index < img.last_index();
+        if within {
             let drop = (index - img.prefix_index) as usize;
             img.entries.drain(..drop);
+        } else {
+            img.entries.clear();
         }
         img.prefix_index = index;
         img.prefix_term = term;
+        if within && inner.lazy_discards {
+            return Ok(());
+        }
         // A discard leaves the whole log durable at once (the file log gets
         // there a little later, on a thread).
         inner.durable = inner.current.clone();
