@@ -531,9 +531,7 @@ impl Pairs {
         if self.newer.is_empty() {
             // Writes that went straight to the map, or removed keys only
             // `newer` held, can leave listings behind.
-            if !self.to_fold.is_empty() {
-                self.to_fold = Vec::new();
-            }
+            self.to_fold.clear();
             return;
         }
         let Some(base) = Arc::get_mut(&mut self.base) else {
@@ -553,9 +551,10 @@ impl Pairs {
             }
         }
         if self.newer.is_empty() {
-            // Give back the memory of a large backlog.
-            self.newer = HashMap::new();
-            self.to_fold = Vec::new();
+            // Both keep their capacity for the next flush: growing a map of
+            // a hundred thousand writes again (rehashing it at each
+            // doubling) stopped the loop for milliseconds at a time.
+            self.to_fold.clear();
         }
     }
 
@@ -565,7 +564,12 @@ impl Pairs {
     fn capture(&self) -> Captured {
         Captured {
             base: Arc::clone(&self.base),
-            newer: self.newer.clone(),
+            // (An empty map may hold a large table for the next backlog.)
+            newer: if self.newer.is_empty() {
+                HashMap::new()
+            } else {
+                self.newer.clone()
+            },
         }
     }
 
