@@ -496,6 +496,11 @@ impl Pairs {
 
     /// Records a write made while the hash map is held.
     fn shadow(&mut self, key: Bytes, value: Option<Bytes>) {
+        if self.newer.capacity() == 0 {
+            // Room for writes to an eighth of the keys from the start: each
+            // doubling of a large map rehashes all of it in one write.
+            self.newer.reserve(self.keys.len() / 8);
+        }
         if let Some(slot) = self.newer.get_mut(&key) {
             *slot = value;
         } else {
