@@ -74,10 +74,9 @@ fn main() {
 
     let started = Instant::now();
     let mut applied = 0;
-    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
-        let batch = chunk
-            .iter()
-            .map(|&i| KvWrite::Put(key(i), vec![7; VALUE_BYTES]))
+    for first in (0..count).step_by(1000) {
+        let batch = (first..count.min(first + 1000))
+            .map(|i| KvWrite::Put(key(i), vec![7; VALUE_BYTES]))
             .collect();
         applied += 1;
         kv.write(applied, batch).expect("fill");

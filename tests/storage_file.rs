@@ -268,14 +268,19 @@ fn truncate_and_discard_persist() {
     // Discarding past the end leaves an empty log that continues there.
     log.discard_through(20, 9).unwrap();
     drop(log);
-    let mut log = open_log(dir.path()).unwrap();
-    assert_eq!((log.first_index(), log.last_index()), (21, 20));
-    assert_eq!(log.term(20).unwrap(), Some(9));
-    log.append(&[entry(21, 9, 1)]).unwrap();
+    continues_empty_after(dir.path(), open_log(dir.path()).unwrap(), 20, 9, 1);
+}
+
+/// Checks that `log` (open on `dir`) is empty after `(index, term)`, then
+/// that an entry of `len` bytes appended there is read back after a reopen.
+fn continues_empty_after(dir: &Path, mut log: FileLog, index: LogIndex, term: Term, len: usize) {
+    assert_eq!((log.first_index(), log.last_index()), (index + 1, index));
+    assert_eq!(log.term(index).unwrap(), Some(term));
+    log.append(&[entry(index + 1, term, len)]).unwrap();
     log.sync().unwrap();
     drop(log);
-    let log = open_log(dir.path()).unwrap();
-    assert_eq!(all_entries(&log), vec![entry(21, 9, 1)]);
+    let log = open_log(dir).unwrap();
+    assert_eq!(all_entries(&log), vec![entry(index + 1, term, len)]);
 }
 
 #[test]
@@ -1428,15 +1433,9 @@ fn discarding_past_the_end_starts_a_fresh_file_and_replaces_a_stale_start_file()
     // A crash between the new file's rename and its start file leaves the
     // old start file: it names the old file's salt, so opening replaces it.
     fs::write(dir.path().join("raft.log.start"), &stale).unwrap();
-    let mut log = open_log(dir.path()).unwrap();
-    assert_eq!(fs::read(dir.path().join("raft.log.start")).unwrap(), fresh);
-    assert_eq!((log.first_index(), log.last_index()), (51, 50));
-    assert_eq!(log.term(50).unwrap(), Some(4));
-    log.append(&[entry(51, 4, 5)]).unwrap();
-    log.sync().unwrap();
-    drop(log);
     let log = open_log(dir.path()).unwrap();
-    assert_eq!(all_entries(&log), vec![entry(51, 4, 5)]);
+    assert_eq!(fs::read(dir.path().join("raft.log.start")).unwrap(), fresh);
+    continues_empty_after(dir.path(), log, 50, 4, 5);
 }
 
 #[test]
