@@ -456,13 +456,12 @@ impl FaultyLog {
             syncs_held: Arc::default(),
         }
     }
-}
 
-impl LogStorage for FaultyLog {
-    fn append(&mut self, entries: &[Entry]) -> kvapp_c::Result<()> {
-        self.inner.append(entries)
-    }
-    fn entries(&self, lo: LogIndex, hi: LogIndex) -> kvapp_c::Result<Vec<Entry>> {
+    /// The injected failure of a read (of entries or of a term), if reads
+    /// fail. The node keeps its newest entries in memory, so a leader's
+    /// term lookups for its appends' consistency checks are the reads it
+    /// is sure to make.
+    fn read_fault(&self) -> kvapp_c::Result<()> {
         if self.fail_reads.load(Ordering::SeqCst) {
             self.read_failures.fetch_add(1, Ordering::SeqCst);
             return Err(Error::io(
@@ -470,9 +469,20 @@ impl LogStorage for FaultyLog {
                 std::io::Error::other("injected read failure"),
             ));
         }
+        Ok(())
+    }
+}
+
+impl LogStorage for FaultyLog {
+    fn append(&mut self, entries: &[Entry]) -> kvapp_c::Result<()> {
+        self.inner.append(entries)
+    }
+    fn entries(&self, lo: LogIndex, hi: LogIndex) -> kvapp_c::Result<Vec<Entry>> {
+        self.read_fault()?;
         self.inner.entries(lo, hi)
     }
     fn term(&self, index: LogIndex) -> kvapp_c::Result<Option<Term>> {
+        self.read_fault()?;
         self.inner.term(index)
     }
     fn first_index(&self) -> LogIndex {
