@@ -613,12 +613,21 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         self.log.finish_sync(result.is_ok());
         result?;
         let synced = self.log.synced();
-        let released = self
+        let released: Vec<_> = self
             .held_acks
-            .extract_if(.., |(_, index, _)| *index <= synced);
-        self.out
-            .messages
-            .extend(released.map(|(to, _, msg)| (to, msg)));
+            .extract_if(.., |(_, index, _)| *index <= synced)
+            .collect();
+        let first = self.out.messages.len();
+        for (to, _, msg) in released {
+            // Acknowledgements are cumulative: one per leader and term
+            // carries what a sync released for every append it covered.
+            let merged = self.out.messages[first..]
+                .iter_mut()
+                .any(|(t, held)| *t == to && merge_acks(held, &msg));
+            if !merged {
+                self.out.messages.push((to, msg));
+            }
+        }
         if let RoleState::Leader(_) = self.role {
             self.maybe_commit()?;
             self.release_reads();
@@ -1604,6 +1613,38 @@ fn snapshot_piece(
         data: snap.data[start..end].to_vec(),
         done: end == snap.data.len(),
     })
+}
+
+/// Folds the successful acknowledgement `next` into `into`, if both are
+/// successful acknowledgements of one term: the result acknowledges the
+/// higher match index and the later read round, each of which one of them
+/// acknowledged already. Returns whether it did.
+fn merge_acks(into: &mut Message, next: &Message) -> bool {
+    let (
+        Message::AppendResponse {
+            term,
+            success: true,
+            match_index,
+            read_seq,
+            ..
+        },
+        Message::AppendResponse {
+            term: next_term,
+            success: true,
+            match_index: next_match,
+            read_seq: next_seq,
+            ..
+        },
+    ) = (into, next)
+    else {
+        return false;
+    };
+    if term != next_term {
+        return false;
+    }
+    *match_index = (*match_index).max(*next_match);
+    *read_seq = (*read_seq).max(*next_seq);
+    true
 }
 
 /// An empty append at `at`, normally the follower's match point: there it
