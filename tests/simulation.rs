@@ -67,16 +67,25 @@ fn a_seed_replays_exactly() {
 /// and CheckQuorum settings are covered.
 #[test]
 fn faults_are_all_exercised() {
+    // The rarest kinds come up in about one seed in ten, so 400 seeds keep
+    // the count of each far above the bar whatever the event order does.
     let stats = sim::run_seeds(
         100_000,
-        200,
+        400,
         sim::threads_from_env(),
         &SimOptions::default(),
     );
     for kind in FaultKind::ALL {
+        eprintln!(
+            "{} of 400 seeds saw {}",
+            stats.fault_seeds[kind as usize],
+            kind.name()
+        );
+    }
+    for kind in FaultKind::ALL {
         assert!(
             stats.fault_seeds[kind as usize] >= 20,
-            "only {} of 200 seeds saw {}",
+            "only {} of 400 seeds saw {}",
             stats.fault_seeds[kind as usize],
             kind.name()
         );
