@@ -362,6 +362,14 @@ fn the_floor_adds_one_sync_and_two_round_trips() {
             max_us: 9000,
             ..Default::default()
         },
+        shared_writers: 3,
+        shared_fdatasync: Percentiles {
+            count: 300,
+            p50_us: 3500,
+            p99_us: 12000,
+            max_us: 20000,
+            ..Default::default()
+        },
         loopback_rtt: Percentiles {
             count: 1000,
             p50_us: 30,
@@ -371,12 +379,21 @@ fn the_floor_adds_one_sync_and_two_round_trips() {
         },
     };
     assert_eq!(f.write_floor_us(), 2060);
+    assert_eq!(f.shared_write_floor_us(), 3560);
     let text = f.render_text();
     assert!(text.contains("/data") && text.contains("2.00 ms") && text.contains("2.06 ms"));
+    assert!(
+        text.contains("3 writers at once") && text.contains("3.50 ms") && text.contains("3.56 ms"),
+        "{text}"
+    );
     let fields = f.json_fields();
     assert!(fields.contains(&("fdatasync_p50_us", "2000".to_string())));
     assert!(fields.contains(&("rtt_p50_us", "30".to_string())));
     assert!(fields.contains(&("write_floor_us", "2060".to_string())));
+    assert!(fields.contains(&("shared_writers", "3".to_string())));
+    assert!(fields.contains(&("fdatasync_shared_p50_us", "3500".to_string())));
+    assert!(fields.contains(&("fdatasync_shared_p99_us", "12000".to_string())));
+    assert!(fields.contains(&("write_floor_shared_us", "3560".to_string())));
 }
 
 fn put(key: u64, client: u32, seq: u64, start_us: u64, outcome: PutOutcome) -> PutRecord {
@@ -476,7 +493,9 @@ fn verify_promises_nothing_for_keys_without_an_acknowledged_put() {
 
 #[test]
 fn the_floor_measurements_take_samples_and_clean_up() {
-    use kvapp_c::bench::floor::{FloorBudget, measure_fdatasync, measure_loopback_rtt};
+    use kvapp_c::bench::floor::{
+        FloorBudget, measure_fdatasync, measure_loopback_rtt, measure_shared_fdatasync,
+    };
     let dir = tempfile::tempdir().unwrap();
     let budget = FloorBudget {
         samples: 20,
@@ -488,11 +507,21 @@ fn the_floor_measurements_take_samples_and_clean_up() {
     // The scratch file is gone.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
+    // Three writers, 7 samples each: every sync of every writer counts.
+    let shared = measure_shared_fdatasync(dir.path(), 3, budget).unwrap();
+    assert_eq!(shared.count, 21, "{shared:?}");
+    assert!(shared.p50_us <= shared.p99_us && shared.p99_us <= shared.max_us);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
     let rtt = measure_loopback_rtt(budget).unwrap();
     assert!((11..=20).contains(&rtt.count), "{rtt:?}");
     assert!(rtt.p50_us <= rtt.max_us);
 
     let missing = dir.path().join("no-such-dir");
     let err = measure_fdatasync(&missing, budget).unwrap_err().to_string();
+    assert!(err.contains("no-such-dir"), "{err}");
+    let err = measure_shared_fdatasync(&missing, 3, budget)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no-such-dir"), "{err}");
 }

@@ -3,6 +3,9 @@
 //!
 //! - A small append to a file followed by `fdatasync`, in a directory on the
 //!   disk that holds (or will hold) the data directories.
+//! - The same from as many threads at once as there are nodes, each on its
+//!   own file: what a sync costs when a whole cluster shares that disk, as
+//!   a `--local` cluster does.
 //! - A small message's round trip over loopback TCP with `TCP_NODELAY`,
 //!   answered by another thread.
 
@@ -37,11 +40,14 @@ impl Default for FloorBudget {
     }
 }
 
-/// Measures both and returns them together.
-pub fn measure(sync_dir: &Path, budget: FloorBudget) -> Result<Floor> {
+/// Measures all three and returns them together; `writers` is how many
+/// nodes would share the disk (the nodes of a local cluster).
+pub fn measure(sync_dir: &Path, writers: usize, budget: FloorBudget) -> Result<Floor> {
     Ok(Floor {
         sync_dir: sync_dir.to_path_buf(),
         fdatasync: measure_fdatasync(sync_dir, budget)?,
+        shared_writers: writers.max(1),
+        shared_fdatasync: measure_shared_fdatasync(sync_dir, writers, budget)?,
         loopback_rtt: measure_loopback_rtt(budget)?,
     })
 }
@@ -49,12 +55,63 @@ pub fn measure(sync_dir: &Path, budget: FloorBudget) -> Result<Floor> {
 /// Appends 300 bytes (`APPEND_BYTES`) to a fresh file in `dir` and `fdatasync`s it,
 /// over and over, timing each append plus sync. The file is removed after.
 pub fn measure_fdatasync(dir: &Path, budget: FloorBudget) -> Result<Percentiles> {
+    Ok(Percentiles::of(&sync_loop(dir, 0, budget.samples, budget)?))
+}
+
+/// The same appends and syncs from `writers` threads at once, each on a file
+/// of its own in `dir`, as the nodes of a cluster whose data directories
+/// share one disk sync their logs: every sync of every thread is one
+/// sample. On many disks (virtual ones especially) syncs that overlap take
+/// longer than one alone, and a write waits for at least two of them.
+pub fn measure_shared_fdatasync(
+    dir: &Path,
+    writers: usize,
+    budget: FloorBudget,
+) -> Result<Percentiles> {
+    let writers = writers.max(1);
+    let samples = budget.samples.div_ceil(writers);
+    let start = std::sync::Barrier::new(writers);
+    let hists = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..writers)
+            .map(|i| {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    sync_loop(dir, i + 1, samples, budget)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(Error::Failed("a floor sync thread panicked".into())))
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut all = new_histogram();
+    for hist in hists {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = all.add(hist?);
+    }
+    Ok(Percentiles::of(&all))
+}
+
+/// Appends and syncs up to `samples` times (at least 10, and only as long as
+/// the budget's time allows beyond that) on a fresh file in `dir` named with
+/// `tag`, which is removed after; returns the latencies.
+fn sync_loop(
+    dir: &Path,
+    tag: usize,
+    samples: usize,
+    budget: FloorBudget,
+) -> Result<hdrhistogram::Histogram<u64>> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let path = dir.join(format!(
-        ".kvapp-bench-floor-{}-{nanos}.tmp",
+        ".kvapp-bench-floor-{}-{nanos}-{tag}.tmp",
         std::process::id()
     ));
     let mut file = std::fs::OpenOptions::new()
@@ -67,7 +124,7 @@ pub fn measure_fdatasync(dir: &Path, budget: FloorBudget) -> Result<Percentiles>
         let mut hist = new_histogram();
         let start = Instant::now();
         // The first sync also pays for creating the file; not counted.
-        for i in 0..=budget.samples {
+        for i in 0..=samples {
             let t = Instant::now();
             file.write_all(&record_bytes)
                 .and_then(|()| file.sync_data())
@@ -81,7 +138,7 @@ pub fn measure_fdatasync(dir: &Path, budget: FloorBudget) -> Result<Percentiles>
                 break;
             }
         }
-        Ok(Percentiles::of(&hist))
+        Ok(hist)
     })();
     drop(file);
     let _ = std::fs::remove_file(&path);

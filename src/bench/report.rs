@@ -150,6 +150,11 @@ pub struct Floor {
     pub sync_dir: PathBuf,
     /// Latency of appending a small record to a file and `fdatasync`ing it.
     pub fdatasync: Percentiles,
+    /// How many writers shared the disk for `shared_fdatasync`.
+    pub shared_writers: usize,
+    /// The same append and sync, with `shared_writers` threads doing it at
+    /// once on files of their own (a cluster whose nodes share the disk).
+    pub shared_fdatasync: Percentiles,
     /// Round trip of a small message over loopback TCP with `TCP_NODELAY`.
     pub loopback_rtt: Percentiles,
 }
@@ -160,6 +165,12 @@ impl Floor {
     /// trips (client to leader, leader to follower).
     pub fn write_floor_us(&self) -> u64 {
         self.fdatasync.p50_us + 2 * self.loopback_rtt.p50_us
+    }
+
+    /// The same floor for nodes that share this one disk: their syncs
+    /// overlap, so a sync costs what `shared_fdatasync` measured.
+    pub fn shared_write_floor_us(&self) -> u64 {
+        self.shared_fdatasync.p50_us + 2 * self.loopback_rtt.p50_us
     }
 
     /// The human-readable lines, each ending in a newline.
@@ -176,6 +187,16 @@ impl Floor {
             micros(f.max_us),
             f.count
         );
+        let shared = &self.shared_fdatasync;
+        let _ = writeln!(
+            s,
+            "floor: the same from {} writers at once (nodes sharing this disk): p50 {}  p99 {}  max {}  ({} samples)",
+            self.shared_writers,
+            micros(shared.p50_us),
+            micros(shared.p99_us),
+            micros(shared.max_us),
+            shared.count
+        );
         let _ = writeln!(
             s,
             "floor: loopback TCP round trip (TCP_NODELAY): p50 {}  p99 {}  max {}  ({} samples)",
@@ -186,8 +207,11 @@ impl Floor {
         );
         let _ = writeln!(
             s,
-            "floor: a replicated write needs at least fdatasync + 2 round trips = {} (p50s)",
-            micros(self.write_floor_us())
+            "floor: a replicated write needs at least fdatasync + 2 round trips = {} (p50s); \
+             {} with {} nodes on this one disk",
+            micros(self.write_floor_us()),
+            micros(self.shared_write_floor_us()),
+            self.shared_writers
         );
         s
     }
@@ -200,6 +224,19 @@ impl Floor {
             ("rtt_p50_us", self.loopback_rtt.p50_us.to_string()),
             ("rtt_p99_us", self.loopback_rtt.p99_us.to_string()),
             ("write_floor_us", self.write_floor_us().to_string()),
+            ("shared_writers", self.shared_writers.to_string()),
+            (
+                "fdatasync_shared_p50_us",
+                self.shared_fdatasync.p50_us.to_string(),
+            ),
+            (
+                "fdatasync_shared_p99_us",
+                self.shared_fdatasync.p99_us.to_string(),
+            ),
+            (
+                "write_floor_shared_us",
+                self.shared_write_floor_us().to_string(),
+            ),
         ]
     }
 }

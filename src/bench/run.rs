@@ -39,7 +39,7 @@ pub fn run(plan: &Plan) -> Result<()> {
     let addrs: Vec<SocketAddr> = match &plan.target {
         Target::None => {
             let dir = plan.floor_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-            let f = measure_floor(&dir)?;
+            let f = measure_floor(&dir, DEFAULT_SHARED_WRITERS)?;
             print_out(&f.render_text());
             if plan.json {
                 let fields: Vec<String> = f
@@ -54,7 +54,7 @@ pub fn run(plan: &Plan) -> Result<()> {
         Target::Cluster(addrs) => {
             if plan.floor {
                 let dir = plan.floor_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-                floor = Some(measure_floor(&dir)?);
+                floor = Some(measure_floor(&dir, addrs.len())?);
             }
             addrs.clone()
         }
@@ -70,7 +70,7 @@ pub fn run(plan: &Plan) -> Result<()> {
                     .floor_dir
                     .clone()
                     .unwrap_or_else(|| cluster.dir().to_path_buf());
-                floor = Some(measure_floor(&dir)?);
+                floor = Some(measure_floor(&dir, usize::from(*nodes))?);
             }
             progress(&format!(
                 "bench: starting {nodes} local node(s), data in {}",
@@ -143,12 +143,17 @@ pub fn run(plan: &Plan) -> Result<()> {
     verdict
 }
 
-fn measure_floor(dir: &std::path::Path) -> Result<Floor> {
+/// Writers sharing the disk in the floor when no cluster says how many
+/// nodes there are (`--floor-only`): a three-node cluster's.
+const DEFAULT_SHARED_WRITERS: usize = 3;
+
+fn measure_floor(dir: &std::path::Path, writers: usize) -> Result<Floor> {
     progress(&format!(
-        "bench: measuring the floor (fdatasync in {}, loopback round trips)",
+        "bench: measuring the floor (fdatasync in {}, alone and from {writers} writers at once; \
+         loopback round trips)",
         dir.display()
     ));
-    floor::measure(dir, FloorBudget::default())
+    floor::measure(dir, writers, FloorBudget::default())
 }
 
 fn print_out(text: &str) {
