@@ -252,6 +252,7 @@ impl<L: LogStorage> RaftLog<L> {
         {
             // Not contiguous (cannot happen: every change of the end goes
             // through this type); start over rather than keep a gap.
+            debug_assert!(false, "entry {} does not follow the log's end", entry.index);
             self.forget_after(0);
         }
         self.recent_bytes += entry.data.len() + ENTRY_OVERHEAD;
@@ -286,6 +287,15 @@ impl<L: LogStorage> RaftLog<L> {
         // Whatever the storage did, the entries above `index` are no longer
         // known to be the ones it holds.
         self.forget_after(index);
+        let result = self.truncate_storage_after(index);
+        if result.is_err() {
+            // Where the storage ends is unknown now; read it from there.
+            self.forget_after(0);
+        }
+        result
+    }
+
+    fn truncate_storage_after(&mut self, index: LogIndex) -> Result<()> {
         self.storage.truncate_after(index)?;
         self.last_index = index;
         self.last_term = self.storage.term(index)?.ok_or_else(|| {
@@ -461,6 +471,13 @@ impl<L: LogStorage> RaftLog<L> {
             // `next` is in `recent`, which runs through `last_index`.
             let from = (next - remembered) as usize;
             let to = (hi - remembered) as usize;
+            if to >= self.recent.len() {
+                return Err(Error::Failed(format!(
+                    "the log's entries in memory end at {} but the log at {}",
+                    remembered + self.recent.len() as u64 - 1,
+                    self.last_index
+                )));
+            }
             for entry in self.recent.range(from..=to) {
                 if !take(entry.clone(), &mut out) {
                     break;
@@ -724,6 +741,67 @@ mod tests {
         assert_eq!(log.last_index_of_term(4, 100).unwrap(), Some(7));
         assert_eq!(log.last_index_of_term(1, 7).unwrap(), Some(2));
         assert_eq!(log.last_index_of_term(0, 7).unwrap(), Some(0));
+    }
+
+    /// A memory log whose truncations fail while `fail` is set.
+    struct FailingTruncate {
+        inner: MemoryLog,
+        fail: bool,
+    }
+
+    impl LogStorage for FailingTruncate {
+        fn append(&mut self, entries: &[Entry]) -> Result<()> {
+            self.inner.append(entries)
+        }
+        fn entries(&self, lo: LogIndex, hi: LogIndex) -> Result<Vec<Entry>> {
+            self.inner.entries(lo, hi)
+        }
+        fn term(&self, index: LogIndex) -> Result<Option<Term>> {
+            self.inner.term(index)
+        }
+        fn first_index(&self) -> LogIndex {
+            self.inner.first_index()
+        }
+        fn last_index(&self) -> LogIndex {
+            self.inner.last_index()
+        }
+        fn truncate_after(&mut self, index: LogIndex) -> Result<()> {
+            if self.fail {
+                return Err(Error::Failed("injected truncation failure".into()));
+            }
+            self.inner.truncate_after(index)
+        }
+        fn discard_through(&mut self, index: LogIndex, term: Term) -> Result<()> {
+            self.inner.discard_through(index, term)
+        }
+        fn start_sync(&mut self) -> Result<SyncJob> {
+            self.inner.start_sync()
+        }
+    }
+
+    #[test]
+    fn a_failed_truncation_leaves_reads_served_from_the_storage() {
+        let storage = FailingTruncate {
+            inner: MemoryLog::new(),
+            fail: true,
+        };
+        let mut log = RaftLog::new(storage, 0).unwrap();
+        for _ in 0..5 {
+            log.append_new(1, vec![7; 10]).unwrap();
+        }
+        // A leader of term 2 replaces entries 3.. ; the storage refuses.
+        let err = log
+            .append_from_leader(&[entry(3, 2), entry(4, 2)])
+            .unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        let read = log.entries_limited(1, 5, usize::MAX).unwrap();
+        assert_eq!(read, log.storage().entries(1, 6).unwrap());
+        // Once the storage works again, so does the log.
+        log.storage.fail = false;
+        log.append_from_leader(&[entry(3, 2), entry(4, 2)]).unwrap();
+        let read = log.entries_limited(1, 4, usize::MAX).unwrap();
+        assert_eq!(read, log.storage().entries(1, 5).unwrap());
+        assert_eq!(read[2].term, 2);
     }
 
     #[derive(Debug, Clone)]
