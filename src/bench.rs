@@ -15,10 +15,13 @@
 //!   measures just that, with no cluster, e.g. on a disk before deploying.
 //! - `--verify` reads back every key an acknowledged put wrote and fails the
 //!   command if any lost its value (see [`verify`]).
+//! - Every run reports where the CPU went while it measured: each local
+//!   node, the bench process and the machine (see [`cpu`]).
 //!
 //! The parts that do no I/O ([`Plan::from_args`], [`workload`], [`report`],
 //! [`verify::History`]) are public so they can be tested directly.
 
+pub mod cpu;
 pub mod floor;
 pub mod local;
 pub mod report;

@@ -50,6 +50,19 @@ fn a_short_local_run_reports_verifies_and_cleans_up() {
         assert!(last.contains(key), "{key} missing from {last}");
     }
     assert!(last.contains("\"verified_keys\":50,\"lost\":0,"), "{last}");
+    // Where the CPU went: the three local nodes and the bench process were
+    // read from /proc. (The machine's share needs a clock tick to pass in
+    // the window, which so short a run may not see.)
+    if cfg!(target_os = "linux") {
+        for key in ["\"cpu_nodes_cores\":", "\"cpu_bench_cores\":"] {
+            assert!(last.contains(key), "{key} missing from {last}");
+        }
+        let cpu_line = stdout.lines().find(|l| l.starts_with("cpu: nodes "));
+        assert!(
+            cpu_line.is_some_and(|l| l.matches(" + ").count() == 2),
+            "{stdout}"
+        );
+    }
     assert!(last.ends_with('}'));
     // Every measured request either succeeded or counted as an error.
     let field = |name: &str| -> u64 {

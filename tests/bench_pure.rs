@@ -525,3 +525,100 @@ fn the_floor_measurements_take_samples_and_clean_up() {
         .to_string();
     assert!(err.contains("no-such-dir"), "{err}");
 }
+
+#[test]
+fn cpu_counters_parse_from_proc_texts() {
+    use kvapp_c::bench::cpu::{MachineTicks, parse_pid_stat, parse_proc_stat};
+    // A command name with spaces and parentheses; utime 1500, stime 250.
+    let stat = "4242 (kvapp-c (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 1500 250 0 0 20 0 \
+                9 0 77 123456 789 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+    assert_eq!(parse_pid_stat(stat), Some(1750));
+    assert_eq!(parse_pid_stat("4242 (cut short) S 1 2"), None);
+    assert_eq!(parse_pid_stat("no parenthesis"), None);
+
+    let proc_stat = "cpu  100 5 50 1000 40 3 20 2 0 0\n\
+                     cpu0 50 2 25 500 20 1 10 1 0 0\n\
+                     cpu1 50 3 25 500 20 2 10 1 0 0\n\
+                     intr 12345\nctxt 999\n";
+    assert_eq!(
+        parse_proc_stat(proc_stat),
+        Some(MachineTicks {
+            total: 100 + 5 + 50 + 1000 + 40 + 3 + 20 + 2,
+            idle: 1000,
+            iowait: 40,
+            softirq: 20,
+            cpus: 2,
+        })
+    );
+    assert_eq!(parse_proc_stat("cpu  1 2 3\n"), None);
+    assert_eq!(parse_proc_stat("intr 1\n"), None);
+}
+
+#[test]
+fn cpu_usage_is_cores_and_shares_of_the_window() {
+    use kvapp_c::bench::cpu::{CpuSample, MachineTicks, usage_between};
+    let t0 = std::time::Instant::now();
+    let start = CpuSample {
+        at: t0,
+        nodes: vec![Some(1000), Some(500), None],
+        bench: Some(200),
+        machine: Some(MachineTicks {
+            total: 10_000,
+            idle: 4_000,
+            iowait: 1_000,
+            softirq: 500,
+            cpus: 2,
+        }),
+    };
+    // Two seconds later, at 100 ticks a second: 400 ticks of two CPUs.
+    let end = CpuSample {
+        at: t0 + Duration::from_secs(2),
+        nodes: vec![Some(1150), Some(540), Some(10)],
+        bench: Some(300),
+        machine: Some(MachineTicks {
+            total: 10_400,
+            idle: 4_040,
+            iowait: 1_020,
+            softirq: 560,
+            cpus: 2,
+        }),
+    };
+    let usage = usage_between(&start, &end, 100);
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(close(usage.nodes[0].unwrap(), 0.75), "{usage:?}");
+    assert!(close(usage.nodes[1].unwrap(), 0.20), "{usage:?}");
+    assert_eq!(usage.nodes[2], None);
+    assert!(close(usage.bench.unwrap(), 0.5), "{usage:?}");
+    let m = usage.machine.unwrap();
+    assert_eq!(m.cpus, 2);
+    assert!(close(m.idle, 0.10) && close(m.iowait, 0.05) && close(m.busy, 0.85));
+    assert!(close(m.softirq, 0.15));
+    // 340 busy ticks = 3.4 s of CPU over 1 000 operations.
+    assert!(close(m.busy_seconds, 3.4), "{m:?}");
+    assert!(close(usage.machine_us_per_op(1_000).unwrap(), 3_400.0));
+    assert_eq!(usage.machine_us_per_op(0), None);
+    assert!(!usage.is_unknown());
+
+    let text = usage.render_text(1_000);
+    assert!(
+        text.starts_with(
+            "cpu: nodes 0.75 + 0.20 + ? cores, bench 0.50 cores; machine (2 CPUs) busy 85%"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("3400.0 us of CPU per op"), "{text}");
+    let fields = usage.json_fields(1_000);
+    // A node whose counters were unreadable leaves the nodes' sum out.
+    assert!(!fields.iter().any(|(k, _)| *k == "cpu_nodes_cores"));
+    assert!(fields.contains(&("cpu_bench_cores", "0.50".to_string())));
+    assert!(fields.contains(&("cpu_machine_busy", "0.85".to_string())));
+    assert!(fields.contains(&("cpu_us_per_op", "3400.00".to_string())));
+
+    // Counters that went backwards (a pid reused) say nothing.
+    let backwards = CpuSample {
+        nodes: vec![Some(10), Some(10), Some(10)],
+        ..end.clone()
+    };
+    let usage = usage_between(&start, &backwards, 100);
+    assert_eq!(usage.nodes[0], None);
+}

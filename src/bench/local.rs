@@ -51,6 +51,11 @@ impl LocalCluster {
         &self.dir
     }
 
+    /// The process ids of the running nodes, node 1 first.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, child)| child.id()).collect()
+    }
+
     /// The nodes' Raft addresses, once started.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::cpu::{self, CpuUsage};
 use super::floor::{self, FloorBudget};
 use super::local::LocalCluster;
 use super::report::{Floor, Percentiles, Summary, new_histogram, record};
@@ -93,11 +94,15 @@ pub fn run(plan: &Plan) -> Result<()> {
         ))
     })?;
 
-    let outcome = drive(plan, &client_side, &interrupted)?;
+    let node_pids = local.as_ref().map(LocalCluster::pids).unwrap_or_default();
+    let outcome = drive(plan, &client_side, &node_pids, &interrupted)?;
     if let Some(f) = &floor {
         print_out(&f.render_text());
     }
     print_out(&outcome.summary.render_text());
+    if let Some(cpu) = &outcome.cpu {
+        print_out(&cpu.render_text(outcome.summary.ops));
+    }
     if let Some(msg) = &outcome.first_error {
         print_out(&format!("first error: {msg}\n"));
     }
@@ -108,6 +113,9 @@ pub fn run(plan: &Plan) -> Result<()> {
     let mut extra: Vec<(&str, String)> = Vec::new();
     if let Some(f) = &floor {
         extra.extend(f.json_fields());
+    }
+    if let Some(cpu) = &outcome.cpu {
+        extra.extend(cpu.json_fields(outcome.summary.ops));
     }
     let mut verdict = Ok(());
     if interrupted.load(Ordering::SeqCst) {
@@ -174,6 +182,8 @@ struct Outcome {
     first_error: Option<String>,
     /// Every put sent, preload included (only with `--verify`).
     puts: Vec<PutRecord>,
+    /// Where the CPU went while measuring (where `/proc` tells).
+    cpu: Option<CpuUsage>,
 }
 
 /// When the phases of a run begin and end, fixed once the preload is done
@@ -210,7 +220,12 @@ struct WorkerResult {
     last_end: Option<Instant>,
 }
 
-fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Result<Outcome> {
+fn drive(
+    plan: &Plan,
+    addrs: &[SocketAddr],
+    node_pids: &[u32],
+    interrupted: &Arc<AtomicBool>,
+) -> Result<Outcome> {
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         phases: OnceLock::new(),
@@ -273,6 +288,18 @@ fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Re
     };
     let _ = shared.phases.set(Phases { measure_start, end });
     started.wait();
+    // The CPU counters are read when measuring starts and once every
+    // client is done.
+    let first_sample = {
+        let pids = node_pids.to_vec();
+        std::thread::Builder::new()
+            .name("bench-cpu".into())
+            .spawn(move || {
+                std::thread::sleep(measure_start.saturating_duration_since(Instant::now()));
+                cpu::sample(&pids)
+            })
+            .ok()
+    };
     report_run(plan, &shared, &handles, measure_start);
 
     let mut hist = new_histogram();
@@ -295,6 +322,11 @@ fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Re
             last_end = last_end.max(t);
         }
     }
+    let last_sample = cpu::sample(node_pids);
+    let cpu = first_sample
+        .and_then(|t| t.join().ok())
+        .map(|first| cpu::usage_between(&first, &last_sample, cpu::ticks_per_second()))
+        .filter(|usage| !usage.is_unknown());
     let latency = Percentiles::of(&hist);
     Ok(Outcome {
         summary: Summary {
@@ -307,6 +339,7 @@ fn drive(plan: &Plan, addrs: &[SocketAddr], interrupted: &Arc<AtomicBool>) -> Re
         },
         first_error,
         puts,
+        cpu,
     })
 }
 
