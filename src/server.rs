@@ -85,6 +85,7 @@ pub fn default_client_addr(raft_addr: SocketAddr) -> Result<SocketAddr> {
 mod clients;
 mod peers;
 
+pub use clients::DEFAULT_MAX_CLIENT_CONNECTIONS;
 use clients::{ClientReader, Replies, Reply, Waker};
 
 enum Input {
@@ -136,6 +137,7 @@ impl Server {
             keep: Vec::new(),
             seed: None,
             client_frame_timeout: DEFAULT_CLIENT_FRAME_TIMEOUT,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             flush_every: FLUSH_EVERY,
             compact_keep: DEFAULT_COMPACT_KEEP,
         }
@@ -157,6 +159,7 @@ pub struct ServerBuilder {
     keep: Vec<Box<dyn Send>>,
     seed: Option<u64>,
     client_frame_timeout: Duration,
+    max_client_connections: usize,
     flush_every: u64,
     compact_keep: u64,
 }
@@ -221,6 +224,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Most client connections served at once (default
+    /// [`DEFAULT_MAX_CLIENT_CONNECTIONS`], at least 1). At the limit a new
+    /// connection takes the place of the one idle the longest, whose client
+    /// reconnects when it next sends; only if every connection has a
+    /// request in progress is the new one closed.
+    pub fn max_client_connections(mut self, max: usize) -> Self {
+        self.max_client_connections = max.max(1);
+        self
+    }
+
     /// Seed of the node's random election timeouts (default: from the clock).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -242,6 +255,7 @@ impl ServerBuilder {
             keep,
             seed,
             client_frame_timeout,
+            max_client_connections,
             flush_every,
             compact_keep,
         } = self;
@@ -278,7 +292,8 @@ impl ServerBuilder {
             .map_err(|e| Error::io(format!("binding the client port {client_addr}"), e))?;
         let client_addr = listener.local_addr()?;
 
-        let (reader, inbox_waker) = ClientReader::new(listener, client_frame_timeout)?;
+        let (reader, inbox_waker) =
+            ClientReader::new(listener, client_frame_timeout, max_client_connections)?;
         let (tx, rx) = mpsc::channel::<Input>();
         let tx = InputSender {
             tx,

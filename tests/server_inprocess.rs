@@ -29,6 +29,7 @@ struct Cluster {
     storage: Vec<Storage>,
     nodes: Vec<Option<ServerHandle>>,
     frame_timeout: Duration,
+    max_client_connections: usize,
 }
 
 impl Cluster {
@@ -37,6 +38,14 @@ impl Cluster {
     }
 
     fn start_with_frame_timeout(n: usize, frame_timeout: Duration) -> Cluster {
+        Cluster::start_with(
+            n,
+            frame_timeout,
+            kvapp_c::server::DEFAULT_MAX_CLIENT_CONNECTIONS,
+        )
+    }
+
+    fn start_with(n: usize, frame_timeout: Duration, max_client_connections: usize) -> Cluster {
         let network = MemoryNetwork::new();
         // Raft addresses are names only here: the memory network carries
         // peer traffic.
@@ -56,6 +65,7 @@ impl Cluster {
             storage,
             nodes: (0..n).map(|_| None).collect(),
             frame_timeout,
+            max_client_connections,
         };
         for id in 1..=n as NodeId {
             c.start_node(id);
@@ -72,6 +82,7 @@ impl Cluster {
             .transport(self.network.transport(id))
             .seed(id * 7919)
             .client_frame_timeout(self.frame_timeout)
+            .max_client_connections(self.max_client_connections)
             .start()
             .expect("server starts");
         self.nodes[id as usize - 1] = Some(handle);
@@ -359,6 +370,58 @@ fn a_client_that_never_reads_does_not_stall_the_node() {
     assert_eq!(
         client.get(b"big").unwrap().map(|v| v.len()),
         Some(kvapp_c::kv::MAX_VALUE_BYTES)
+    );
+}
+
+/// At its connection limit a node admits a new client by closing the
+/// connection idle the longest, never one in the middle of a request.
+#[test]
+fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
+    use std::io::{Read, Write};
+    let c = Cluster::start_with(1, kvapp_c::server::DEFAULT_CLIENT_FRAME_TIMEOUT, 3);
+    let get = |key: &str| Request::Read {
+        query: Query::Get {
+            key: key.as_bytes().to_vec(),
+        },
+    };
+    let mut whole = Vec::new();
+    frame::write_frame(&mut whole, &frame::encode(&get("k"))).unwrap();
+
+    // Connection 1 sends all but the last byte of a request, then
+    // connections 2 and 3 each ask something, in that order. Their answers
+    // mean the node has read connection 1's bytes too, which came first:
+    // connection 1 is the one heard from longest ago, but in the middle of
+    // a request; connection 2 is idle.
+    let mut partial = raw_connection_to_leader(&c);
+    partial.write_all(&whole[..whole.len() - 1]).unwrap();
+    let mut idle = raw_connection_to_leader(&c);
+    let mut active = raw_connection_to_leader(&c);
+    for conn in [&mut idle, &mut active] {
+        send_request(conn, &get("k"));
+        assert_eq!(read_response(conn), Response::Outcome(Outcome::Value(None)));
+    }
+
+    // A fourth client: the idle connection makes room for it.
+    let mut client = c.client(Duration::from_secs(10));
+    client.put(b"k", b"v").unwrap();
+    let mut buf = [0u8; 16];
+    let closed = match idle.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the idle connection is still open");
+
+    // The connection in the middle of a request, and the one that asked,
+    // still work.
+    partial.write_all(&whole[whole.len() - 1..]).unwrap();
+    assert_eq!(
+        read_response(&mut partial),
+        Response::Outcome(Outcome::Value(Some(b"v".to_vec())))
+    );
+    send_request(&mut active, &get("k"));
+    assert_eq!(
+        read_response(&mut active),
+        Response::Outcome(Outcome::Value(Some(b"v".to_vec())))
     );
 }
 

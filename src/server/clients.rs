@@ -42,8 +42,10 @@ use crate::{Error, Result};
 /// key and two values are all at their limits.
 pub(super) const MAX_CLIENT_FRAME: usize =
     crate::kv::MAX_KEY_BYTES * 2 + crate::kv::MAX_VALUE_BYTES * 2 + 1024;
-/// Most client connections served at once; further ones are closed at once.
-const MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// Default of the most client connections served at once. At the limit a
+/// new connection takes the place of the one idle the longest; if every
+/// connection has a request in progress, the new one is closed at once.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
 /// Most answer bytes kept for one client that does not read them; beyond it
 /// the connection is closed.
 const MAX_STALLED_BYTES: usize = 16 << 20;
@@ -226,6 +228,8 @@ struct ReadSide {
     eof: bool,
     /// Since when the buffer has held part of a request and no whole one.
     partial_since: Option<Instant>,
+    /// When the client last sent something (or connected).
+    last_active: Instant,
 }
 
 /// Reads requests from every client connection; see the module docs.
@@ -249,6 +253,8 @@ pub(super) struct ClientReader {
     accept_failures_unreported: u64,
     /// A connection that holds part of a request for this long is closed.
     frame_timeout: Duration,
+    /// Most connections served at once.
+    max_conns: usize,
     /// How many connections hold part of a request.
     partial: usize,
     last_sweep: Instant,
@@ -269,6 +275,7 @@ impl ClientReader {
     pub(super) fn new(
         listener: TcpListener,
         frame_timeout: Duration,
+        max_conns: usize,
     ) -> Result<(ClientReader, Arc<Waker>)> {
         let setup = |e| Error::io("setting up the client port", e);
         listener.set_nonblocking(true).map_err(setup)?;
@@ -296,6 +303,7 @@ impl ClientReader {
             accept_warned: None,
             accept_failures_unreported: 0,
             frame_timeout,
+            max_conns: max_conns.max(1),
             partial: 0,
             last_sweep: Instant::now(),
             events: Vec::with_capacity(256),
@@ -419,8 +427,11 @@ impl ClientReader {
                     return;
                 }
             };
-            if self.conns.len() >= MAX_CLIENT_CONNECTIONS {
-                log::warn!("too many client connections; closing a new one");
+            if self.conns.len() >= self.max_conns && !self.close_longest_idle() {
+                log::warn!(
+                    "{} client connections, each with a request in progress; closing a new one",
+                    self.conns.len()
+                );
                 continue;
             }
             if let Err(e) = stream
@@ -450,9 +461,38 @@ impl ClientReader {
                     reading: true,
                     eof: false,
                     partial_since: None,
+                    last_active: Instant::now(),
                 },
             );
         }
+    }
+
+    /// Makes room for a new connection: closes the one that has been idle
+    /// the longest (no request in the loop or held back, no answer waiting
+    /// to be written, no part of a request read). Its client reconnects
+    /// with its next request. Returns false if no connection is idle.
+    fn close_longest_idle(&mut self) -> bool {
+        let idle = self
+            .conns
+            .iter()
+            .filter(|(_, side)| {
+                side.reading
+                    && !side.eof
+                    && side.buf.is_empty()
+                    && !side.conn.busy.load(Ordering::SeqCst)
+            })
+            .min_by_key(|(token, side)| (side.last_active, **token))
+            .map(|(&token, side)| (token, side.last_active.elapsed()));
+        let Some((token, idle_for)) = idle else {
+            return false;
+        };
+        log::info!(
+            "{} client connections open; closing connection {token}, idle for {idle_for:?}, \
+             to admit a new one",
+            self.conns.len()
+        );
+        self.close(token);
+        true
     }
 
     /// Logs a failed accept, at most once per [`ACCEPT_WARN_EVERY`] (a
@@ -493,6 +533,7 @@ impl ClientReader {
                     break;
                 }
                 Ok(n) => {
+                    side.last_active = Instant::now();
                     side.buf.extend_from_slice(&chunk[..n]);
                     budget = budget.saturating_sub(n);
                     // Read on only while the socket may hold more, the
@@ -857,7 +898,12 @@ mod tests {
 
     fn idle_reader() -> (ClientReader, Arc<Waker>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        ClientReader::new(listener, Duration::from_secs(30)).unwrap()
+        ClientReader::new(
+            listener,
+            Duration::from_secs(30),
+            DEFAULT_MAX_CLIENT_CONNECTIONS,
+        )
+        .unwrap()
     }
 
     /// Polls once for at most 50 ms, with no input waiting; requests go to

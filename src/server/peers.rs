@@ -257,7 +257,13 @@ mod tests {
 
     fn reader_with(frame_timeout: Duration) -> ClientReader {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        ClientReader::new(listener, frame_timeout).unwrap().0
+        ClientReader::new(
+            listener,
+            frame_timeout,
+            crate::server::DEFAULT_MAX_CLIENT_CONNECTIONS,
+        )
+        .unwrap()
+        .0
     }
 
     /// A connected pair: the far end (the "peer") and the near end.
