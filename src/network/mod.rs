@@ -11,6 +11,7 @@ use std::io::{self, ErrorKind};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::raft::Message;
 use crate::{NodeId, Result};
@@ -90,4 +91,143 @@ pub(crate) fn send_nonblocking(stream: &TcpStream, mut buf: &[u8]) -> io::Result
         buf = &buf[n as usize..];
     }
     Ok(total - buf.len())
+}
+
+/// How TCP itself watches a connection whose other side may vanish without
+/// a word (power loss, a partition, a machine that rebooted): keepalive
+/// probes on an idle connection, and a limit on how long sent data may go
+/// unacknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadPeerCheck {
+    /// Silence before the first keepalive probe.
+    pub idle: Duration,
+    /// Between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub probes: u32,
+    /// Sent data unacknowledged for this long drops the connection
+    /// (`TCP_USER_TIMEOUT`); `None` leaves the system's retransmission
+    /// limit (many minutes).
+    pub unacked: Option<Duration>,
+}
+
+impl DeadPeerCheck {
+    /// For connections between members: a vanished member is noticed
+    /// within about ten seconds, so a connection stuck on it is replaced
+    /// soon after the member or the network comes back, rather than when
+    /// TCP's backed-off retransmissions next reach it (up to two minutes).
+    pub(crate) const PEERS: DeadPeerCheck = DeadPeerCheck {
+        idle: Duration::from_secs(5),
+        interval: Duration::from_secs(1),
+        probes: 5,
+        unacked: Some(Duration::from_secs(10)),
+    };
+
+    /// For client connections: idle ones of vanished clients are dropped
+    /// after about a minute and a half.
+    pub(crate) const CLIENTS: DeadPeerCheck = DeadPeerCheck {
+        idle: Duration::from_secs(60),
+        interval: Duration::from_secs(10),
+        probes: 3,
+        unacked: None,
+    };
+
+    /// Sets the socket options. Where the system lacks one (outside Linux)
+    /// only keepalive itself is turned on.
+    pub(crate) fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        set_int(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+        #[cfg(target_os = "linux")]
+        {
+            let secs = |d: Duration| i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX);
+            set_int(
+                stream,
+                libc::IPPROTO_TCP,
+                libc::TCP_KEEPIDLE,
+                secs(self.idle),
+            )?;
+            set_int(
+                stream,
+                libc::IPPROTO_TCP,
+                libc::TCP_KEEPINTVL,
+                secs(self.interval),
+            )?;
+            let probes = i32::try_from(self.probes.max(1)).unwrap_or(i32::MAX);
+            set_int(stream, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, probes)?;
+            if let Some(unacked) = self.unacked {
+                let ms = i32::try_from(unacked.as_millis()).unwrap_or(i32::MAX);
+                set_int(stream, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_int(
+    stream: &TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size; the kernel
+    // only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn get_int(stream: &TcpStream, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a live c_int and its size; the kernel writes at most that.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    #[test]
+    fn dead_peer_checks_set_keepalive_and_the_unacknowledged_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(get_int(&stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+        DeadPeerCheck::PEERS.apply(&stream).unwrap();
+        DeadPeerCheck::CLIENTS.apply(&accepted).unwrap();
+        assert_eq!(get_int(&stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(get_int(&accepted, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        #[cfg(target_os = "linux")]
+        {
+            let tcp = libc::IPPROTO_TCP;
+            assert_eq!(get_int(&stream, tcp, libc::TCP_KEEPIDLE), 5);
+            assert_eq!(get_int(&stream, tcp, libc::TCP_KEEPINTVL), 1);
+            assert_eq!(get_int(&stream, tcp, libc::TCP_KEEPCNT), 5);
+            assert_eq!(get_int(&stream, tcp, libc::TCP_USER_TIMEOUT), 10_000);
+            assert_eq!(get_int(&accepted, tcp, libc::TCP_KEEPIDLE), 60);
+            assert_eq!(get_int(&accepted, tcp, libc::TCP_KEEPINTVL), 10);
+            assert_eq!(get_int(&accepted, tcp, libc::TCP_KEEPCNT), 3);
+            assert_eq!(get_int(&accepted, tcp, libc::TCP_USER_TIMEOUT), 0);
+        }
+    }
 }

@@ -60,6 +60,12 @@
 //!   that sends no valid handshake within [`TcpConfig::handshake_timeout`] is
 //!   closed, and at most [`TcpConfig::max_inbound`] inbound connections are
 //!   served at once, so stray connections cannot pin threads forever.
+//! - TCP watches every peer connection for a member that vanished without
+//!   closing it (see `DeadPeerCheck::PEERS`): keepalive probes after 5 s of
+//!   silence, and sent data unacknowledged for 10 s drops the connection.
+//!   Without that, a connection to a member behind a partition, or one that
+//!   lost power, would stay open, and after the network healed messages
+//!   would wait for TCP's backed-off retransmissions (up to two minutes).
 //! - When a node dials again, its older inbound connection is retired as soon
 //!   as it falls idle, so a half-open connection left by a crashed peer does
 //!   not keep a reader thread alive.
@@ -91,7 +97,7 @@ use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
 use super::frame::{self, read_frame, write_frame};
-use super::{Adopt, Handover, Inbox, Transport, send_nonblocking};
+use super::{Adopt, DeadPeerCheck, Handover, Inbox, Transport, send_nonblocking};
 use crate::raft::Message;
 use crate::{Error, NodeId, Result};
 
@@ -900,6 +906,12 @@ impl Writer {
         }
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(config.write_timeout))?;
+        if let Err(e) = DeadPeerCheck::PEERS.apply(&stream) {
+            warn!(
+                "node {}: connection to node {}: cannot set keepalive options: {e}",
+                config.id, self.peer
+            );
+        }
         {
             let mut outbound = lock(&self.shared.outbound);
             if self.shared.stopping() {
@@ -1203,6 +1215,14 @@ impl Reader {
 
     fn serve(&mut self, stream: TcpStream, inbox: &Inbox) -> Result<()> {
         let config = &self.shared.config;
+        // Also after a hand-over: a member that vanishes is noticed and its
+        // connection closed, rather than kept until it dials again.
+        if let Err(e) = DeadPeerCheck::PEERS.apply(&stream) {
+            debug!(
+                "node {}: Raft connection from {}: cannot set keepalive options: {e}",
+                config.id, self.remote
+            );
+        }
         // Wake often enough to notice the handshake deadline in time.
         stream
             .set_read_timeout(Some(READ_POLL.min(config.handshake_timeout)))

@@ -34,7 +34,7 @@ use crate::NodeId;
 use crate::kv::protocol::{Request, Response};
 use crate::network::Handover;
 use crate::network::frame::{self, decode};
-use crate::network::send_nonblocking;
+use crate::network::{DeadPeerCheck, send_nonblocking};
 use crate::raft::Message;
 use crate::{Error, Result};
 
@@ -440,6 +440,9 @@ impl ClientReader {
             {
                 log::warn!("configuring a client connection: {e}");
                 continue;
+            }
+            if let Err(e) = DeadPeerCheck::CLIENTS.apply(&stream) {
+                log::debug!("setting keepalive on a client connection: {e}");
             }
             let token = self.next_token;
             self.next_token += 1;
