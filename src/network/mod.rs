@@ -113,9 +113,7 @@ pub(crate) struct DeadPeerCheck {
 
 impl DeadPeerCheck {
     /// For connections between members: a vanished member is noticed
-    /// within about ten seconds, so a connection stuck on it is replaced
-    /// soon after the member or the network comes back, rather than when
-    /// TCP's backed-off retransmissions next reach it (up to two minutes).
+    /// within about ten seconds, also on a connection that only reads.
     pub(crate) const PEERS: DeadPeerCheck = DeadPeerCheck {
         idle: Duration::from_secs(5),
         interval: Duration::from_secs(1),

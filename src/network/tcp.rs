@@ -63,9 +63,12 @@
 //! - TCP watches every peer connection for a member that vanished without
 //!   closing it (see `DeadPeerCheck::PEERS`): keepalive probes after 5 s of
 //!   silence, and sent data unacknowledged for 10 s drops the connection.
-//!   Without that, a connection to a member behind a partition, or one that
-//!   lost power, would stay open, and after the network healed messages
-//!   would wait for TCP's backed-off retransmissions (up to two minutes).
+//!   Writes that stop making progress already drop a connection (the write
+//!   timeout), and a member cut off by a silent partition (a veth pair into
+//!   a network namespace, its far end set down for 8, 15 or 30 s) caught up
+//!   within a second of the heal with or without these options; they guard
+//!   the connections nothing writes to, such as an inbound one whose member
+//!   lost power.
 //! - When a node dials again, its older inbound connection is retired as soon
 //!   as it falls idle, so a half-open connection left by a crashed peer does
 //!   not keep a reader thread alive.
