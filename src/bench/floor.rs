@@ -70,22 +70,21 @@ pub fn measure_shared_fdatasync(
 ) -> Result<Percentiles> {
     let writers = writers.max(1);
     let samples = budget.samples.div_ceil(writers);
-    let start = std::sync::Barrier::new(writers);
     let hists = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..writers)
             .map(|i| {
-                let start = &start;
-                scope.spawn(move || {
-                    start.wait();
-                    sync_loop(dir, i + 1, samples, budget)
-                })
+                std::thread::Builder::new()
+                    .name(format!("bench-floor-{i}"))
+                    .spawn_scoped(scope, move || sync_loop(dir, i + 1, samples, budget))
             })
             .collect();
         threads
             .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(Error::Failed("a floor sync thread panicked".into())))
+            .map(|t| match t {
+                Ok(t) => t
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Failed("a floor sync thread panicked".into()))),
+                Err(e) => Err(Error::io("starting a floor sync thread", e)),
             })
             .collect::<Vec<_>>()
     });

@@ -190,7 +190,7 @@ impl Floor {
         let shared = &self.shared_fdatasync;
         let _ = writeln!(
             s,
-            "floor: the same from {} writers at once (nodes sharing this disk): p50 {}  p99 {}  max {}  ({} samples)",
+            "floor: the same from {} writers at once (as that many nodes sharing this disk): p50 {}  p99 {}  max {}  ({} samples)",
             self.shared_writers,
             micros(shared.p50_us),
             micros(shared.p99_us),
@@ -208,7 +208,7 @@ impl Floor {
         let _ = writeln!(
             s,
             "floor: a replicated write needs at least fdatasync + 2 round trips = {} (p50s); \
-             {} with {} nodes on this one disk",
+             {} if {} nodes share this disk",
             micros(self.write_floor_us()),
             micros(self.shared_write_floor_us()),
             self.shared_writers

@@ -287,18 +287,29 @@ fn drive(
         Stop::Requests(_) => None,
     };
     let _ = shared.phases.set(Phases { measure_start, end });
-    started.wait();
     // The CPU counters are read when measuring starts and once every
-    // client is done.
-    let first_sample = {
+    // client is done: at once without a warm-up, else by a thread that
+    // waits for the window (and gives up if the run is interrupted).
+    let first_now = plan.warmup.is_zero().then(|| cpu::sample(node_pids));
+    started.wait();
+    let first_later = if first_now.is_none() {
         let pids = node_pids.to_vec();
+        let stop = shared.stop.clone();
         std::thread::Builder::new()
             .name("bench-cpu".into())
             .spawn(move || {
-                std::thread::sleep(measure_start.saturating_duration_since(Instant::now()));
+                loop {
+                    let left = measure_start.saturating_duration_since(Instant::now());
+                    if left.is_zero() || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(100)));
+                }
                 cpu::sample(&pids)
             })
             .ok()
+    } else {
+        None
     };
     report_run(plan, &shared, &handles, measure_start);
 
@@ -323,8 +334,8 @@ fn drive(
         }
     }
     let last_sample = cpu::sample(node_pids);
-    let cpu = first_sample
-        .and_then(|t| t.join().ok())
+    let cpu = first_now
+        .or_else(|| first_later.and_then(|t| t.join().ok()))
         .map(|first| cpu::usage_between(&first, &last_sample, cpu::ticks_per_second()))
         .filter(|usage| !usage.is_unknown());
     let latency = Percentiles::of(&hist);

@@ -427,18 +427,18 @@ impl ClientReader {
                     return;
                 }
             };
-            if self.conns.len() >= self.max_conns && !self.close_longest_idle() {
-                log::warn!(
-                    "{} client connections, each with a request in progress; closing a new one",
-                    self.conns.len()
-                );
-                continue;
-            }
             if let Err(e) = stream
                 .set_nonblocking(true)
                 .and_then(|()| stream.set_nodelay(true))
             {
                 log::warn!("configuring a client connection: {e}");
+                continue;
+            }
+            if self.conns.len() >= self.max_conns && !self.close_longest_idle() {
+                log::warn!(
+                    "{} client connections, each with a request in progress; closing a new one",
+                    self.conns.len()
+                );
                 continue;
             }
             if let Err(e) = DeadPeerCheck::CLIENTS.apply(&stream) {
@@ -472,10 +472,11 @@ impl ClientReader {
 
     /// Makes room for a new connection: closes the one that has been idle
     /// the longest (no request in the loop or held back, no answer waiting
-    /// to be written, no part of a request read). Its client reconnects
-    /// with its next request. Returns false if no connection is idle.
+    /// to be written, nothing read or waiting to be read). Its client
+    /// reconnects with its next request. Returns false if no connection is
+    /// idle.
     fn close_longest_idle(&mut self) -> bool {
-        let idle = self
+        let mut idle: Vec<(Instant, u64)> = self
             .conns
             .iter()
             .filter(|(_, side)| {
@@ -484,18 +485,29 @@ impl ClientReader {
                     && side.buf.is_empty()
                     && !side.conn.busy.load(Ordering::SeqCst)
             })
-            .min_by_key(|(token, side)| (side.last_active, **token))
-            .map(|(&token, side)| (token, side.last_active.elapsed()));
-        let Some((token, idle_for)) = idle else {
-            return false;
-        };
-        log::info!(
-            "{} client connections open; closing connection {token}, idle for {idle_for:?}, \
-             to admit a new one",
-            self.conns.len()
-        );
-        self.close(token);
-        true
+            .map(|(&token, side)| (side.last_active, token))
+            .collect();
+        idle.sort_unstable();
+        for (last_active, token) in idle {
+            // A request may have arrived that this poll has not read yet.
+            let waiting = self.conns.get(&token).is_some_and(|side| {
+                // Nothing (WouldBlock), end of input or a broken
+                // connection: nothing to lose by closing it.
+                matches!(side.conn.stream.peek(&mut [0u8; 1]), Ok(n) if n > 0)
+            });
+            if waiting {
+                continue;
+            }
+            log::debug!(
+                "{} client connections open; closing connection {token}, idle for {:?}, \
+                 to admit a new one",
+                self.conns.len(),
+                last_active.elapsed()
+            );
+            self.close(token);
+            return true;
+        }
+        false
     }
 
     /// Logs a failed accept, at most once per [`ACCEPT_WARN_EVERY`] (a
