@@ -11,6 +11,8 @@
 
 use std::time::Instant;
 
+use super::report::json_decimals;
+
 /// Jiffies the machine's CPUs spent in each state, summed over all CPUs
 /// (the `cpu` line of `/proc/stat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -190,11 +192,7 @@ impl CpuUsage {
 
 /// A JSON number with two decimals (0 if not finite).
 fn json2(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.2}")
-    } else {
-        "0".to_string()
-    }
+    json_decimals(x, 2)
 }
 
 /// User plus system jiffies of process `pid`, from `/proc/<pid>/stat`.

@@ -276,8 +276,13 @@ pub fn json_string(s: &str) -> String {
 /// `x` as a JSON number with one decimal; JSON has no NaN or infinity, so
 /// those become 0.
 pub fn json_number(x: f64) -> String {
+    json_decimals(x, 1)
+}
+
+/// `x` as a JSON number with `decimals` decimals (0 if not finite).
+pub fn json_decimals(x: f64, decimals: usize) -> String {
     if x.is_finite() {
-        format!("{x:.1}")
+        format!("{x:.decimals$}")
     } else {
         "0".to_string()
     }
