@@ -12,6 +12,9 @@
 //! applies them:
 //!
 //! - overwrites of random keys and gets of random keys, per second;
+//! - inserts of new keys at random places in the key order, then deletes
+//!   of them, per second (the store is filled at even key numbers, the new
+//!   keys are odd ones);
 //! - three background flushes: how long `flush_background` takes (the event
 //!   loop waits that long), and the latency of each write made while the
 //!   flush runs and until the writes made meanwhile are folded back.
@@ -38,11 +41,16 @@ struct Keys {
 }
 
 impl Keys {
-    fn next(&mut self) -> Vec<u8> {
+    fn number(&mut self) -> u64 {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;
-        key(self.state % self.count)
+        self.state % self.count
+    }
+
+    /// A key the fill wrote.
+    fn next(&mut self) -> Vec<u8> {
+        key(2 * self.number())
     }
 }
 
@@ -76,7 +84,7 @@ fn main() {
     let mut applied = 0;
     for first in (0..count).step_by(1000) {
         let batch = (first..count.min(first + 1000))
-            .map(|i| KvWrite::Put(key(i), vec![7; VALUE_BYTES]))
+            .map(|i| KvWrite::Put(key(2 * i), vec![7; VALUE_BYTES]))
             .collect();
         applied += 1;
         kv.write(applied, batch).expect("fill");
@@ -109,6 +117,33 @@ fn main() {
     let gets = ops as f64 / started.elapsed().as_secs_f64();
     assert_eq!(found, ops, "every key was written");
     println!("overwrites {puts:.0}/s, gets {gets:.0}/s (one key per call)");
+
+    // New keys, each between two held ones, then the same keys deleted.
+    let fresh: Vec<Vec<u8>> = {
+        let mut seen = std::collections::HashSet::new();
+        std::iter::from_fn(|| Some(key(2 * keys.number() + 1)))
+            .filter(|k| seen.insert(k.clone()))
+            .take(ops.min(count / 2) as usize)
+            .collect()
+    };
+    let started = Instant::now();
+    for k in &fresh {
+        applied += 1;
+        kv.write(applied, vec![KvWrite::Put(k.clone(), vec![8; VALUE_BYTES])])
+            .expect("insert");
+    }
+    let inserts = fresh.len() as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for k in &fresh {
+        applied += 1;
+        kv.write(applied, vec![KvWrite::Delete(k.clone())])
+            .expect("delete");
+    }
+    let deletes = fresh.len() as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "inserts of new keys {inserts:.0}/s, deletes {deletes:.0}/s ({} keys)",
+        fresh.len()
+    );
 
     for round in 1..=3 {
         // Something to flush.

@@ -340,8 +340,31 @@ proptest! {
 // ---------------------------------------------------------------- the KV store
 
 /// Keys sharing prefixes, so scans have something to tell apart.
-const KEYS: [&[u8]; 7] = [b"", b"a", b"ab", b"abc", b"b", b"ba", b"\xff"];
-const PREFIXES: [&[u8]; 6] = [b"", b"a", b"ab", b"b", b"\xff", b"z"];
+// Keys with zero bytes and keys around 16 bytes long: the file store keeps
+// the first 16 bytes of each key inline, zero-padded, to order them.
+const KEYS: [&[u8]; 11] = [
+    b"",
+    b"a",
+    b"a\0",
+    b"ab",
+    b"abc",
+    b"b",
+    b"ba",
+    b"\xff",
+    b"aaaaaaaaaaaaaaaa",
+    b"aaaaaaaaaaaaaaaa\0",
+    b"aaaaaaaaaaaaaaaab",
+];
+const PREFIXES: [&[u8]; 8] = [
+    b"",
+    b"a",
+    b"a\0",
+    b"ab",
+    b"b",
+    b"\xff",
+    b"z",
+    b"aaaaaaaaaaaaaaaa",
+];
 
 #[derive(Clone, Debug)]
 enum KvOp {

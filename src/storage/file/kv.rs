@@ -28,7 +28,10 @@
 //!   the keys are also kept in an ordered set, which serves prefix scans
 //!   and snapshots and changes only when a key comes or goes. (A `BTreeMap`
 //!   of the pairs made every lookup about 30 key comparisons deep at 100 000
-//!   keys, 13% of the leader's loop in a read benchmark.)
+//!   keys, 13% of the leader's loop in a read benchmark.) The set holds each
+//!   key's first 16 bytes inline, so placing a new key rarely leaves the
+//!   tree's nodes (`cargo bench --bench kv_store`: inserts of new keys
+//!   among a million +45%, deletes +68%).
 //! - The file holds exactly the state of the last `flush`: a flush writes a
 //!   full snapshot to `kv.snapshot.tmp`, syncs it, renames it over the file
 //!   and syncs the directory, so data and applied index can never disagree on
@@ -180,10 +183,8 @@ impl KvStorage for FileKv {
         Ok(self
             .data
             .keys
-            .range::<[u8], _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
+            .range(OrderedKey::new(prefix.into())..)
+            .map(|k| &k.key)
             .take_while(|k| k.starts_with(prefix))
             .map(|k| {
                 let v = self
@@ -370,6 +371,54 @@ fn len_field(bytes: &[u8]) -> io::Result<[u8; 4]> {
 /// A key or value, shared between the store and a background flush.
 type Bytes = Arc<[u8]>;
 
+/// A key in the ordered set, with its first 16 bytes (zero-padded) kept
+/// inline as a big-endian number. Comparing the numbers orders two keys
+/// the same way comparing their bytes does whenever the numbers differ (a
+/// zero byte of padding only ties with a real zero byte, and the full
+/// comparison settles ties), so most comparisons of a search touch only
+/// the tree's own node. Comparing the shared allocations instead cost a
+/// cache miss per comparison: about 17 of them to place a new key among
+/// 100 000.
+#[derive(Clone)]
+struct OrderedKey {
+    head: u128,
+    key: Bytes,
+}
+
+impl OrderedKey {
+    fn new(key: Bytes) -> Self {
+        let mut head = [0u8; 16];
+        let n = key.len().min(16);
+        head[..n].copy_from_slice(&key[..n]);
+        OrderedKey {
+            head: u128::from_be_bytes(head),
+            key,
+        }
+    }
+}
+
+impl PartialEq for OrderedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.head == other.head && self.key == other.key
+    }
+}
+
+impl Eq for OrderedKey {}
+
+impl PartialOrd for OrderedKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.head
+            .cmp(&other.head)
+            .then_with(|| self.key.cmp(&other.key))
+    }
+}
+
 /// How many of the writes made while the hash map was held [`Pairs::fold`]
 /// moves into it per call of `write` (the state machine writes each entry
 /// in one call). Writes made meanwhile go straight to the map, so the
@@ -393,7 +442,7 @@ struct Pairs {
     /// The keys `newer` took in; [`Pairs::fold`] works through them (a key
     /// may be listed twice, or be gone from `newer`).
     to_fold: Vec<Bytes>,
-    keys: BTreeSet<Bytes>,
+    keys: BTreeSet<OrderedKey>,
     /// Total length of all keys and values.
     bytes: u64,
 }
@@ -471,7 +520,7 @@ impl Pairs {
                 None => {
                     let key: Bytes = key.into();
                     self.bytes += (key.len() + value.len()) as u64;
-                    self.keys.insert(key.clone());
+                    self.keys.insert(OrderedKey::new(key.clone()));
                     base.insert(key, value);
                 }
             }
@@ -487,7 +536,7 @@ impl Pairs {
                 // A key removed while the map was held keeps its allocation
                 // in `newer`.
                 let key = self.shared_key(&key).unwrap_or_else(|| key.into());
-                self.keys.insert(key.clone());
+                self.keys.insert(OrderedKey::new(key.clone()));
                 key
             }
         };
@@ -513,7 +562,7 @@ impl Pairs {
         if let Some(base) = Self::own_base(&mut self.base, &mut self.newer, key) {
             if let Some((key, value)) = base.remove_entry(key) {
                 self.bytes -= (key.len() + value.len()) as u64;
-                self.keys.remove(&key);
+                self.keys.remove(&OrderedKey::new(key));
             }
             return;
         }
@@ -521,10 +570,10 @@ impl Pairs {
             return;
         };
         self.bytes -= (key.len() + old) as u64;
-        self.keys.remove(key);
+        let shared = self.shared_key(key).expect("held above");
+        self.keys.remove(&OrderedKey::new(shared.clone()));
         if self.base.contains_key(key) {
-            let key = self.shared_key(key).expect("held above");
-            self.shadow(key, None);
+            self.shadow(shared, None);
         } else {
             self.newer.remove(key);
         }
@@ -584,7 +633,7 @@ impl Pairs {
 
     /// The pairs in ascending key order.
     fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
-        self.keys.iter().map(|k| {
+        self.keys.iter().map(|OrderedKey { key: k, .. }| {
             let v = self
                 .get(k)
                 .expect("the key set and the map hold the same keys");
@@ -594,7 +643,7 @@ impl Pairs {
 
     /// The greatest key held.
     fn last_key(&self) -> Option<&[u8]> {
-        self.keys.last().map(|k| &k[..])
+        self.keys.last().map(|k| &k.key[..])
     }
 }
 
@@ -662,4 +711,45 @@ fn decode(path: &Path, b: &[u8]) -> Result<(LogIndex, Option<Term>, Pairs)> {
         ));
     }
     Ok((applied, installed, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderedKey;
+    use proptest::prelude::*;
+
+    /// Bytes that make the inline head tie or differ at its edges: zeros
+    /// (the padding's value), ones and 0xff, at lengths on both sides of 16.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xffu8)], 0..20)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn ordered_keys_compare_as_their_bytes(a in key(), b in key()) {
+            let (x, y) = (OrderedKey::new(a.clone().into()), OrderedKey::new(b.clone().into()));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            prop_assert_eq!(x == y, a == b);
+        }
+    }
+
+    #[test]
+    fn padding_ties_are_settled_by_the_bytes() {
+        let keys: [&[u8]; 6] = [
+            b"a",
+            b"a\0",
+            b"a\0\0",
+            b"aaaaaaaaaaaaaaaa",
+            b"aaaaaaaaaaaaaaaa\0",
+            b"aaaaaaaaaaaaaaaa\x01",
+        ];
+        for a in keys {
+            for b in keys {
+                let (x, y) = (OrderedKey::new(a.into()), OrderedKey::new(b.into()));
+                assert_eq!(x.cmp(&y), a.cmp(b), "{a:?} against {b:?}");
+            }
+        }
+    }
 }
