@@ -556,7 +556,7 @@ fn cpu_counters_parse_from_proc_texts() {
 
 #[test]
 fn cpu_usage_is_cores_and_shares_of_the_window() {
-    use kvapp_c::bench::cpu::{CpuSample, MachineTicks, usage_between};
+    use kvapp_c::bench::cpu::{CpuSample, CpuUsage, MachineTicks, usage_between};
     let t0 = std::time::Instant::now();
     let start = CpuSample {
         at: t0,
@@ -613,6 +613,18 @@ fn cpu_usage_is_cores_and_shares_of_the_window() {
     assert!(fields.contains(&("cpu_bench_cores", "0.50".to_string())));
     assert!(fields.contains(&("cpu_machine_busy", "0.85".to_string())));
     assert!(fields.contains(&("cpu_us_per_op", "3400.00".to_string())));
+
+    // Against a remote cluster (no local nodes) the line says whose CPUs
+    // it measured.
+    let remote = CpuUsage {
+        nodes: Vec::new(),
+        ..usage.clone()
+    };
+    let text = remote.render_text(1_000);
+    assert!(
+        text.starts_with("cpu: bench 0.50 cores; this host, not the cluster's (2 CPUs) busy 85%"),
+        "{text}"
+    );
 
     // Counters that went backwards (a pid reused) say nothing.
     let backwards = CpuSample {

@@ -152,8 +152,15 @@ impl CpuUsage {
         }
         s.push_str(&format!(" bench {} cores", cores(&self.bench)));
         if let Some(m) = self.machine {
+            // Without local nodes (`--cluster`) the machine is the bench's
+            // own host, and the cluster's CPU is not in these figures.
+            let machine = if self.nodes.is_empty() {
+                "this host, not the cluster's"
+            } else {
+                "machine"
+            };
             s.push_str(&format!(
-                "; machine ({} CPUs) busy {:.0}% (softirq {:.0}%), iowait {:.0}%, idle {:.0}%",
+                "; {machine} ({} CPUs) busy {:.0}% (softirq {:.0}%), iowait {:.0}%, idle {:.0}%",
                 m.cpus,
                 m.busy * 100.0,
                 m.softirq * 100.0,
