@@ -607,6 +607,10 @@ fn cpu_usage_is_cores_and_shares_of_the_window() {
         "{text}"
     );
     assert!(text.contains("3400.0 us of CPU per op"), "{text}");
+    assert!(
+        !text.contains("rough"),
+        "a 2 s window is long enough: {text}"
+    );
     let fields = usage.json_fields(1_000);
     // A node whose counters were unreadable leaves the nodes' sum out.
     assert!(!fields.iter().any(|(k, _)| *k == "cpu_nodes_cores"));
@@ -623,6 +627,18 @@ fn cpu_usage_is_cores_and_shares_of_the_window() {
     let text = remote.render_text(1_000);
     assert!(
         text.starts_with("cpu: bench 0.50 cores; this host, not the cluster's (2 CPUs) busy 85%"),
+        "{text}"
+    );
+
+    // A short window (a run of a few requests) is flagged as rough.
+    let short = CpuSample {
+        at: t0 + Duration::from_millis(40),
+        ..end.clone()
+    };
+    let text = usage_between(&start, &short, 100).render_text(1_000);
+    assert!(
+        text.trim_end()
+            .ends_with("(rough: over 40 ms, counted in the kernel's ticks)"),
         "{text}"
     );
 

@@ -52,7 +52,13 @@ pub struct CpuUsage {
     /// The machine's CPUs: how many, and the share of their time in each
     /// state.
     pub machine: Option<MachineShare>,
+    /// Length of the window, in seconds.
+    pub seconds: f64,
 }
+
+/// A window shorter than this is measured in too few of the kernel's
+/// ticks (10 ms each, usually) to be more than a rough figure.
+const ROUGH_BELOW_SECONDS: f64 = 1.0;
 
 /// Shares of all CPUs' time, each between 0 and 1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -122,6 +128,7 @@ pub fn usage_between(start: &CpuSample, end: &CpuSample, ticks_per_second: u64) 
         nodes,
         bench: cores(start.bench, end.bench),
         machine,
+        seconds: secs,
     }
 }
 
@@ -170,6 +177,12 @@ impl CpuUsage {
         }
         if let Some(us) = self.machine_us_per_op(ops) {
             s.push_str(&format!("; {us:.1} us of CPU per op"));
+        }
+        if self.seconds < ROUGH_BELOW_SECONDS {
+            s.push_str(&format!(
+                " (rough: over {:.0} ms, counted in the kernel's ticks)",
+                self.seconds * 1e3
+            ));
         }
         s.push('\n');
         s
