@@ -50,6 +50,11 @@ use crate::storage::{KvStorage, LogStorage, StateStorage, SyncJob};
 use crate::timing::TimingConfig;
 use crate::{Error, LogIndex, NodeId, Result, Term, kv};
 
+/// The answer to a write whose entry a new leader cut from this node's
+/// log before it committed.
+const UNKNOWN_AFTER_CUT: &str =
+    "leadership changed before the write committed here; another node may still commit it";
+
 /// The state machine starts a background flush of its storage after at
 /// least this many applied entries (and flushes in full at shutdown); after
 /// a crash the log is replayed from the last completed flush.
@@ -648,12 +653,11 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
                             .pending_writes
                             .insert(index, PendingWrite { term, reply })
                         {
-                            self.replies.send(
-                                &old.reply,
-                                Response::Failed(
-                                    "the entry was replaced before it committed".into(),
-                                ),
-                            );
+                            // Cut from this log, but possibly still held by
+                            // enough others to commit: see
+                            // `answer_cut_writes`.
+                            self.replies
+                                .send(&old.reply, Response::Unknown(UNKNOWN_AFTER_CUT.into()));
                         }
                     }
                     Err(Error::NotLeader { leader }) => {
@@ -747,7 +751,7 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             }
         }
         self.serve_reads()?;
-        self.fail_overwritten_writes();
+        self.answer_cut_writes();
         self.replies.flush_stalled();
         if self.unflushed >= self.flush_every
             && self.unflushed_bytes >= FLUSH_LOG_RATIO * self.machine.snapshot_bytes()
@@ -885,9 +889,17 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         Ok(())
     }
 
-    /// A proposal beyond the end of the log was truncated away by a new
-    /// leader; it will never apply at its index.
-    fn fail_overwritten_writes(&mut self) {
+    /// Answers the proposals a new leader's entries cut from this log.
+    ///
+    /// A cut does not make a proposal dead: it dies only when another entry
+    /// commits at its index. Other nodes may hold it, and in a cluster of
+    /// five or more enough of them can elect a leader that commits it
+    /// (found by review: the proposer is cut off with one copy, a leader
+    /// that never reached the rest overwrites only the proposer, and the
+    /// copy's holder wins the next election). So the answer is "unknown":
+    /// the client retries with the same sequence number, and its session
+    /// either applies the write once or returns the first outcome.
+    fn answer_cut_writes(&mut self) {
         let last = self.node.status().last_index;
         if self
             .pending_writes
@@ -895,10 +907,8 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             .is_some_and(|(&i, _)| i > last)
         {
             for (_, pending) in self.pending_writes.split_off(&(last + 1)) {
-                self.replies.send(
-                    &pending.reply,
-                    Response::Failed("leadership changed before the write committed".into()),
-                );
+                self.replies
+                    .send(&pending.reply, Response::Unknown(UNKNOWN_AFTER_CUT.into()));
             }
         }
     }

@@ -30,6 +30,7 @@ struct Cluster {
     nodes: Vec<Option<ServerHandle>>,
     frame_timeout: Duration,
     max_client_connections: usize,
+    timing: TimingConfig,
 }
 
 impl Cluster {
@@ -46,6 +47,20 @@ impl Cluster {
     }
 
     fn start_with(n: usize, frame_timeout: Duration, max_client_connections: usize) -> Cluster {
+        Cluster::start_full(
+            n,
+            frame_timeout,
+            max_client_connections,
+            TimingConfig::preset(TimingMode::Fast),
+        )
+    }
+
+    fn start_full(
+        n: usize,
+        frame_timeout: Duration,
+        max_client_connections: usize,
+        timing: TimingConfig,
+    ) -> Cluster {
         let network = MemoryNetwork::new();
         // Raft addresses are names only here: the memory network carries
         // peer traffic.
@@ -66,6 +81,7 @@ impl Cluster {
             nodes: (0..n).map(|_| None).collect(),
             frame_timeout,
             max_client_connections,
+            timing,
         };
         for id in 1..=n as NodeId {
             c.start_node(id);
@@ -76,7 +92,7 @@ impl Cluster {
     fn start_node(&mut self, id: NodeId) {
         let s = &self.storage[id as usize - 1];
         let handle = Server::builder(id, self.members.clone())
-            .timing(TimingConfig::preset(TimingMode::Fast))
+            .timing(self.timing)
             .client_addr("127.0.0.1:0".parse().unwrap())
             .storage(s.log.clone(), s.state.clone(), s.kv.clone())
             .transport(self.network.transport(id))
@@ -306,6 +322,72 @@ fn read_response(reader: &mut impl std::io::Read) -> Response {
         .unwrap()
         .expect("an answer");
     frame::decode(&body).unwrap()
+}
+
+/// A write whose entry a new leader cuts from the proposer's log is not
+/// reported as failed before another entry commits at its index: in a
+/// cluster of five or more, other nodes holding it could still commit it.
+/// The old leader, cut off, proposes two writes (from two clients); the
+/// new leader's first entry takes the first one's index, which then
+/// commits with another entry (failed), and cuts the second one off the
+/// log before anything commits at its index (unknown).
+#[test]
+fn a_write_cut_from_the_log_before_its_index_commits_is_unknown() {
+    // Slow timing: the cut-off leader must still lead when the writes
+    // reach it (it steps down after an election timeout without a quorum).
+    let c = Cluster::start_full(
+        3,
+        kvapp_c::server::DEFAULT_CLIENT_FRAME_TIMEOUT,
+        kvapp_c::server::DEFAULT_MAX_CLIENT_CONNECTIONS,
+        TimingConfig::preset(TimingMode::Debug),
+    );
+    let old = c.wait_for_leader(None);
+    c.client(Duration::from_secs(30)).put(b"x", b"1").unwrap();
+    let connect = || {
+        let s = std::net::TcpStream::connect(c.node(old).client_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    };
+    let (mut a, mut b) = (connect(), connect());
+    c.network.isolate(old);
+    let put = |client_id: u64| Request::Write {
+        client_id,
+        seq: 1,
+        op: Op::Put {
+            key: b"x".to_vec(),
+            value: b"2".to_vec(),
+        },
+    };
+    send_request(&mut a, &put(7));
+    send_request(&mut b, &put(8));
+    let log = &c.storage[old as usize - 1].log;
+    let before = c.node(old).status().commit_index;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.last_index() < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the old leader did not propose both writes: {:?}, last index {}",
+            c.node(old).status(),
+            log.last_index()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let new = c.wait_for_leader(Some(old));
+    assert_ne!(new, old);
+    c.network.heal();
+    let mut answers = [read_response(&mut a), read_response(&mut b)]
+        .map(|r| match r {
+            Response::Failed(_) => "failed",
+            Response::Unknown(_) => "unknown",
+            other => panic!("unexpected answer {other:?}"),
+        })
+        .to_vec();
+    answers.sort();
+    assert_eq!(answers, ["failed", "unknown"]);
+    assert_eq!(
+        c.client(Duration::from_secs(30)).get(b"x").unwrap(),
+        Some(b"1".to_vec())
+    );
 }
 
 /// A client that sends several requests before reading any answer gets
