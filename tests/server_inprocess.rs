@@ -507,6 +507,82 @@ fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
     );
 }
 
+/// At the connection limit, a connection whose client was answered after
+/// a long wait counts as active from that answer, not from its request: a
+/// connection that asked and has been idle since is closed instead.
+#[test]
+fn at_the_connection_limit_a_recent_answer_counts_as_activity() {
+    use std::io::Read;
+    // Slow timing: the leader keeps leading while cut off for a moment.
+    let c = Cluster::start_full(
+        3,
+        kvapp_c::server::DEFAULT_CLIENT_FRAME_TIMEOUT,
+        2,
+        TimingConfig::preset(TimingMode::Debug),
+    );
+    let leader = c.wait_for_leader(None);
+    let connect = || {
+        let s = std::net::TcpStream::connect(c.node(leader).client_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    };
+    let put = |client_id: u64| Request::Write {
+        client_id,
+        seq: 1,
+        op: Op::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        },
+    };
+    // The waiting connection asks first, while the leader is cut off, so
+    // its write waits; the other connection asks after it and is answered
+    // at once (a rejected write needs no quorum).
+    let mut waiting = connect();
+    c.network.isolate(leader);
+    send_request(&mut waiting, &put(1));
+    let mut other = connect();
+    let empty_key = Request::Write {
+        client_id: 9,
+        seq: 1,
+        op: Op::Put {
+            key: Vec::new(),
+            value: b"v".to_vec(),
+        },
+    };
+    send_request(&mut other, &empty_key);
+    assert!(matches!(
+        read_response(&mut other),
+        Response::Outcome(Outcome::Rejected(_))
+    ));
+    // Answered after the other connection's last request.
+    std::thread::sleep(Duration::from_millis(20));
+    c.network.heal();
+    assert_eq!(
+        read_response(&mut waiting),
+        Response::Outcome(Outcome::Done)
+    );
+
+    // A third connection: the other one, idle the longest, makes room.
+    let mut third = connect();
+    send_request(&mut third, &put(3));
+    assert_eq!(read_response(&mut third), Response::Outcome(Outcome::Done));
+    // Closed before the third connection's request was read, if at all.
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = match other.read(&mut buf) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the connection idle the longest is still open");
+    send_request(&mut waiting, &put(2));
+    assert_eq!(
+        read_response(&mut waiting),
+        Response::Outcome(Outcome::Done)
+    );
+}
+
 /// A client that sends its requests and then closes its sending side still
 /// gets every answer.
 #[test]

@@ -26,7 +26,7 @@ use std::io::{self, ErrorKind, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{self, AtomicBool, Ordering};
+use std::sync::atomic::{self, AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::peers::{FIRST_PEER_TOKEN, PeerConns};
@@ -77,6 +77,11 @@ pub(super) struct ClientConn {
     stream: TcpStream,
     /// Whether a request of this connection is in the loop, unanswered.
     busy: AtomicBool,
+    /// When the connection was accepted, and how long after that (in
+    /// milliseconds) its last answer went out, so that a client answered
+    /// after a long wait does not count as idle since its request.
+    since: Instant,
+    answered_ms: AtomicU64,
     /// Rung when an answer frees a connection whose next request is held
     /// back, so the loop's next `poll` resumes it.
     waker: Arc<Waker>,
@@ -228,7 +233,8 @@ struct ReadSide {
     eof: bool,
     /// Since when the buffer has held part of a request and no whole one.
     partial_since: Option<Instant>,
-    /// When the client last sent something (or connected).
+    /// When the client last sent something (or connected); see also
+    /// [`ClientConn::answered_ms`].
     last_active: Instant,
 }
 
@@ -454,6 +460,8 @@ impl ClientReader {
                 id: token,
                 stream,
                 busy: AtomicBool::new(false),
+                since: Instant::now(),
+                answered_ms: AtomicU64::new(0),
                 waker: self.waker.clone(),
             });
             self.conns.insert(
@@ -485,7 +493,11 @@ impl ClientReader {
                     && side.buf.is_empty()
                     && !side.conn.busy.load(Ordering::SeqCst)
             })
-            .map(|(&token, side)| (side.last_active, token))
+            .map(|(&token, side)| {
+                let answered = side.conn.since
+                    + Duration::from_millis(side.conn.answered_ms.load(Ordering::Relaxed));
+                (side.last_active.max(answered), token)
+            })
             .collect();
         idle.sort_unstable();
         for (last_active, token) in idle {
@@ -814,6 +826,8 @@ impl Replies {
 
 /// The connection's answer is out: it may hand over its next request.
 fn release(conn: &ClientConn) {
+    let ms = u64::try_from(conn.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+    conn.answered_ms.store(ms, Ordering::Relaxed);
     conn.busy.store(false, Ordering::SeqCst);
     if conn.waker.wanted.load(Ordering::SeqCst) {
         conn.waker.wake();
@@ -834,6 +848,8 @@ mod tests {
             id: FIRST_CONN_TOKEN,
             stream: server,
             busy: AtomicBool::new(true),
+            since: Instant::now(),
+            answered_ms: AtomicU64::new(0),
             waker: Arc::new(Waker::new().unwrap()),
         });
         (conn, client)
