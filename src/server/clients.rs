@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::peers::{FIRST_PEER_TOKEN, PeerConns};
 use crate::NodeId;
-use crate::kv::protocol::{Request, Response};
+use crate::kv::protocol::{Outcome, Request, Response};
 use crate::network::Handover;
 use crate::network::frame::{self, decode};
 use crate::network::{DeadPeerCheck, send_nonblocking};
@@ -772,6 +772,22 @@ impl Replies {
             let _ = to.stream.shutdown(Shutdown::Both);
             return;
         }
+        let body = self.buf.len() - frame::HEADER_LEN;
+        if body > frame::MAX_FRAME {
+            // No client would read it (a `list` of a huge prefix): say so,
+            // instead of a frame the client drops and asks again for.
+            self.buf.clear();
+            let too_big = Response::Outcome(Outcome::Rejected(format!(
+                "the answer is {body} bytes, over the limit of {} bytes for one answer; \
+                 list a longer prefix",
+                frame::MAX_FRAME
+            )));
+            if let Err(e) = frame::encode_frame_into(&too_big, &mut self.buf) {
+                log::warn!("dropping an answer: {e}");
+                let _ = to.stream.shutdown(Shutdown::Both);
+                return;
+            }
+        }
         if let Some((_, rest)) = self.stalled.get_mut(&to.id) {
             // Only this connection's earlier answers can be stalled; this one
             // queues behind them.
@@ -837,7 +853,6 @@ fn release(conn: &ClientConn) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::protocol::Outcome;
     use std::net::TcpListener;
 
     fn connected_pair() -> (Reply, TcpStream) {
@@ -857,6 +872,27 @@ mod tests {
 
     fn value_answer(len: usize) -> Response {
         Response::Outcome(Outcome::Value(Some(vec![7; len])))
+    }
+
+    /// An answer over the frame limit no client reads (a `list` of a huge
+    /// prefix) is replaced by a rejection that says why.
+    #[test]
+    fn an_answer_over_the_frame_limit_is_replaced_by_a_rejection() {
+        let (conn, mut client) = connected_pair();
+        let mut replies = Replies::default();
+        let key = vec![b'k'; 1 << 20];
+        let keys = vec![key; frame::MAX_FRAME / (1 << 20) + 1];
+        replies.send(&conn, Response::Outcome(Outcome::Keys(keys)));
+        let body = frame::read_frame(&mut client, frame::MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        match frame::decode::<Response>(&body).unwrap() {
+            Response::Outcome(Outcome::Rejected(why)) => {
+                assert!(why.contains("over the limit"), "{why}")
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+        assert!(!conn.busy.load(Ordering::SeqCst));
     }
 
     /// Answers that do not fit into the socket wait, leave in order once the
