@@ -443,6 +443,60 @@ fn three_nodes_elect_one_leader() {
     }
 }
 
+/// A message claiming a term no election reaches (forged or garbled) is
+/// dropped: adopting `u64::MAX` once wrapped every later candidate's term
+/// to 0 and left the cluster without a leader for good.
+#[test]
+fn a_message_with_an_impossible_term_is_dropped() {
+    use kvapp_c::raft::node::MAX_TERM;
+    let mut c = Cluster::new(3);
+    c.campaign(1);
+    c.heartbeat(1);
+    for term in [u64::MAX, MAX_TERM + 1] {
+        for id in 1..=3 {
+            let from = id % 3 + 1;
+            c.node_mut(id)
+                .step(
+                    from,
+                    Message::VoteResponse {
+                        term,
+                        granted: false,
+                        pre_vote: false,
+                    },
+                )
+                .unwrap();
+            assert_eq!(c.term(id), 1, "node {id} took term {term}");
+        }
+    }
+    assert_eq!(c.leaders(), vec![1]);
+    // Still a working cluster: a write commits everywhere.
+    let index = c.propose(1, b"after");
+    c.deliver_all();
+    c.heartbeat(1);
+    for id in 1..=3 {
+        assert!(c.commit(id) >= index, "node {id} did not commit {index}");
+    }
+}
+
+/// A term file holding a term no election reaches is refused at start.
+#[test]
+fn a_saved_impossible_term_is_refused() {
+    use kvapp_c::raft::node::MAX_TERM;
+    use kvapp_c::storage::HardState;
+    let mut state = MemoryState::new();
+    state
+        .save(&HardState {
+            term: MAX_TERM + 1,
+            vote: None,
+        })
+        .unwrap();
+    let err = match Node::new(config(1, &[1, 2, 3]), MemoryLog::new(), state) {
+        Ok(_) => panic!("a node started at term {}", MAX_TERM + 1),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("beyond any term"), "{err}");
+}
+
 #[test]
 fn five_nodes_elect_one_leader() {
     let mut c = Cluster::new(5);

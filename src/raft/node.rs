@@ -72,6 +72,12 @@ macro_rules! mutated {
 /// from the follower's match point.
 const STALL_HEARTBEATS: u32 = 2;
 
+/// The highest term a node accepts from a message or its term file. At an
+/// election a millisecond it lasts nine thousand years, and it leaves room
+/// for every term a node can start itself; a message claiming more is
+/// forged or garbled and is dropped.
+pub const MAX_TERM: Term = 1 << 48;
+
 /// Upper bound on the bytes of committed entries handed out per [`Ready`].
 const MAX_COMMITTED_BYTES: usize = 4 << 20;
 
@@ -192,6 +198,13 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
     pub fn new(config: Config, log: L, state: S) -> Result<Self> {
         validate(&config)?;
         let hard = state.load()?;
+        if hard.term > MAX_TERM {
+            return Err(Error::InvalidInput(format!(
+                "the saved term {} is beyond any term an election reaches ({MAX_TERM}); \
+                 the term file was damaged or a forged message set it",
+                hard.term
+            )));
+        }
         let log = RaftLog::new(log, config.applied)?;
         let mut others: Vec<NodeId> = config
             .peers
@@ -258,6 +271,16 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         }
         trace!("node {} <- {from}: {msg:?}", self.id);
         let msg_term = msg.term();
+        if msg_term > MAX_TERM {
+            // No election ever gets there; adopting it would leave no room
+            // for the next election's term (a forged `u64::MAX` wrapped the
+            // candidates' terms to 0 and left a cluster leaderless for good).
+            warn!(
+                "node {}: dropping a message from {from} with impossible term {msg_term}",
+                self.id
+            );
+            return Ok(());
+        }
         if msg_term > self.term {
             match &msg {
                 // A pre-vote carries the candidate's next term; it changes nothing here.
