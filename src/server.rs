@@ -845,7 +845,21 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         }
         if let Some(snap) = received {
             let index = snap.index;
-            self.machine.install(&snap.data, index, snap.term)?;
+            match self.machine.install(&snap.data, index, snap.term) {
+                Ok(()) => {}
+                // Refused before anything changed: a leader's snapshot is
+                // never malformed, so this came from a broken or forged
+                // peer. Stopping the node for it let one frame stop it.
+                Err(e @ (Error::Corrupt { .. } | Error::InvalidInput(_))) => {
+                    log::warn!(
+                        "node {}: refusing a snapshot through {index}: {e}",
+                        self.node.config().id
+                    );
+                    self.node.snapshot_rejected();
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
             log::info!(
                 "node {}: installed a snapshot through {index} ({} bytes) from the leader",
                 self.node.config().id,

@@ -487,6 +487,75 @@ fn garbage_on_either_port_leaves_the_nodes_serving() {
     }
 }
 
+/// The handshake on the Raft port, as the transport encodes it (postcard
+/// encodes by field order and type), so a test can speak it by hand.
+#[derive(serde::Serialize)]
+struct Hello<'a> {
+    protocol: &'a str,
+    cluster: &'a str,
+    node: kvapp_c::NodeId,
+}
+
+/// A malformed snapshot from a peer (here forged, claiming to be another
+/// member, after a valid handshake) is refused and the node goes on; it
+/// used to stop the node, so three frames stopped a cluster.
+#[test]
+fn a_malformed_snapshot_from_a_peer_is_refused_and_the_node_serves_on() {
+    use kvapp_c::network::tcp::{PROTOCOL, cluster_identity};
+    use kvapp_c::raft::Message;
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader();
+    let mut client = cluster.client(PATIENT);
+    put(&mut client, "k", "before");
+
+    let addrs: Vec<_> = cluster
+        .ids()
+        .iter()
+        .map(|&id| cluster.raft_addr(id))
+        .collect();
+    let identity = cluster_identity(&addrs);
+    let mut frames = Vec::new();
+    for id in cluster.ids() {
+        let claimed = id % 3 + 1;
+        let hello = Hello {
+            protocol: PROTOCOL,
+            cluster: &identity,
+            node: claimed,
+        };
+        let snapshot = Message::InstallSnapshot {
+            term: 1_000 + id,
+            leader: claimed,
+            index: 1_000_000,
+            index_term: 1,
+            offset: 0,
+            data: b"this is not a snapshot".to_vec(),
+            done: true,
+        };
+        let mut bytes = Vec::new();
+        frame::write_frame(&mut bytes, &frame::encode(&hello)).unwrap();
+        frame::write_frame(&mut bytes, &frame::encode(&snapshot)).unwrap();
+        let mut s = TcpStream::connect(cluster.raft_addr(id)).expect("connect");
+        s.write_all(&bytes).expect("send");
+        frames.push(s);
+    }
+    wait_for(
+        "the forged snapshots to be refused",
+        RECOVERY_DEADLINE,
+        || {
+            cluster
+                .ids()
+                .iter()
+                .all(|&id| cluster.stderr(id).contains("refusing a snapshot"))
+                .then_some(())
+        },
+    );
+    cluster.assert_all_alive();
+    put(&mut client, "k", "after");
+    assert_eq!(get(&mut client, "k").as_deref(), Some("after"));
+    wait_caught_up(&cluster);
+    drop(frames);
+}
+
 #[test]
 fn a_second_server_on_a_data_directory_in_use_fails_at_once() {
     let cluster = Cluster::start(1);

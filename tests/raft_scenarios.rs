@@ -497,6 +497,73 @@ fn a_saved_impossible_term_is_refused() {
     assert!(err.contains("beyond any term"), "{err}");
 }
 
+/// A follower whose state machine refuses a received snapshot as
+/// malformed reports it, and goes on: it takes appends and a later
+/// snapshot as if that one had never come.
+#[test]
+fn a_rejected_snapshot_leaves_the_follower_working() {
+    let mut node = Node::new(config(1, &[1, 2, 3]), MemoryLog::new(), MemoryState::new()).unwrap();
+    let snapshot = |data: &[u8]| Message::InstallSnapshot {
+        term: 1,
+        leader: 2,
+        index: 5,
+        index_term: 1,
+        offset: 0,
+        data: data.to_vec(),
+        done: true,
+    };
+    node.step(2, snapshot(b"not a snapshot")).unwrap();
+    let rd = node.ready();
+    assert_eq!(
+        rd.snapshot.map(|s| s.data),
+        Some(b"not a snapshot".to_vec())
+    );
+    node.snapshot_rejected();
+    // Nothing was acknowledged for it.
+    assert!(node.ready().messages.is_empty());
+
+    // Appends are taken again (a node installing a snapshot ignores them).
+    let entry = Entry {
+        index: 1,
+        term: 1,
+        data: b"a".to_vec(),
+    };
+    node.step(
+        2,
+        Message::AppendEntries {
+            term: 1,
+            leader: 2,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![entry],
+            leader_commit: 0,
+            read_seq: 0,
+        },
+    )
+    .unwrap();
+    node.sync().unwrap();
+    let acks = node.ready().messages;
+    assert!(
+        acks.iter().any(|(to, m)| *to == 2
+            && matches!(
+                m,
+                Message::AppendResponse {
+                    success: true,
+                    match_index: 1,
+                    ..
+                }
+            )),
+        "{acks:?}"
+    );
+
+    // And a snapshot sent again is handed out again.
+    node.step(2, snapshot(b"the real one")).unwrap();
+    assert_eq!(
+        node.ready().snapshot.map(|s| s.data),
+        Some(b"the real one".to_vec())
+    );
+}
+
 #[test]
 fn five_nodes_elect_one_leader() {
     let mut c = Cluster::new(5);

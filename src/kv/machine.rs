@@ -152,9 +152,18 @@ impl KvStateMachine {
     /// Replaces the whole state with a snapshot from another replica's
     /// [`KvStateMachine::snapshot_job`] at applied index `index`, whose term is
     /// `term`, durably.
+    ///
+    /// Errors: `Corrupt` or `InvalidInput` if the store refused `data`
+    /// before changing anything; any other error once the state may have
+    /// changed (its sessions unreadable, say), which the caller must treat
+    /// as fatal.
     pub fn install(&mut self, data: &[u8], index: LogIndex, term: Term) -> Result<()> {
         self.storage.install(data, index, term)?;
-        self.load_sessions()
+        self.load_sessions().map_err(|e| {
+            Error::Failed(format!(
+                "installed the snapshot through {index}, but cannot load its sessions: {e}"
+            ))
+        })
     }
 
     /// The applied index and its term while the state is an installed

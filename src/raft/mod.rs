@@ -21,7 +21,9 @@
 //!    entries), hand the node a snapshot of the state machine with
 //!    [`Node::offer_snapshot`]; if `rd.snapshot` holds one received from the
 //!    leader, replace the state machine with it, durably, and report that
-//!    with [`Node::snapshot_installed`];
+//!    with [`Node::snapshot_installed`] (or, if the state machine refuses
+//!    its content as malformed before changing anything, with
+//!    [`Node::snapshot_rejected`]);
 //! 7. repeat from 2 while [`Node::has_ready`] is true.
 //!
 //! [`Node::sync`] does step 4 in one blocking call, for simple drivers.

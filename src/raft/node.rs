@@ -488,6 +488,20 @@ impl<L: LogStorage, S: StateStorage> Node<L, S> {
         Ok(())
     }
 
+    /// Reports that the snapshot from [`Ready::snapshot`] could not be
+    /// installed because its content is malformed (the state machine
+    /// refused it before changing anything). The node forgets it and takes
+    /// a snapshot from the leader again; nothing was acknowledged.
+    pub fn snapshot_rejected(&mut self) {
+        if let Some((from, index, _)) = self.installing.take() {
+            warn!(
+                "node {}: the snapshot through {index} from {from} was malformed; waiting for another",
+                self.id
+            );
+        }
+        self.incoming = None;
+    }
+
     /// Appends a command to the log on the leader; returns its index, or
     /// `Error::NotLeader` with a hint. The entry goes out to followers with
     /// the next [`Node::ready`], batched with every other proposal made
