@@ -553,19 +553,104 @@ fn damaged_middle_record_is_corruption_at_its_offset() {
     assert!(msg.contains(&bounds[1].to_string()), "{msg}");
 }
 
-#[test]
-fn damaged_last_record_is_indistinguishable_from_a_torn_write() {
-    let dir = tempdir();
-    let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1, 12)).collect();
-    let bytes = build_log(dir.path(), &entries);
+/// Three entries whose last record (1484..2208) reaches into three sectors:
+/// part of 1024..1536, all of 1536..2048 and part of 2048..2560. Returns
+/// the entries, the synced file's bytes and the record bounds.
+fn log_ending_across_sectors(dir: &Path) -> (Vec<Entry>, Vec<u8>, Vec<u64>) {
+    let entries: Vec<Entry> = (1..=3).map(|i| entry(i, 1, 700)).collect();
+    let bytes = build_log(dir, &entries);
     let bounds = record_bounds(&entries);
+    assert_eq!(bounds[2..], [1484, 2208]);
+    (entries, bytes, bounds)
+}
+
+/// A last record that fails its checksum although every sector of it holds
+/// written bytes was not torn by a crash: it was written whole and damaged
+/// since, and this node may have acknowledged it. Opening refuses it rather
+/// than cutting it, with or without zeros written ahead after it.
+#[test]
+fn damaged_last_record_written_whole_is_corruption_not_a_torn_write() {
+    let dir = tempdir();
+    let (_, bytes, bounds) = log_ending_across_sectors(dir.path());
     let path = log_path(dir.path());
+    for room in [0, 4096] {
+        // Every byte after the length field: checksum, index, term, data.
+        for at in bounds[2] + 4..bounds[3] {
+            for mask in [0x01u8, 0xff] {
+                let mut damaged = bytes.clone();
+                damaged[at as usize] ^= mask;
+                damaged.resize(bytes.len() + room, 0);
+                fs::write(&path, &damaged).unwrap();
+                assert_corrupt_at(open_log(dir.path()), &path, bounds[2]);
+                assert_eq!(
+                    fs::read(&path).unwrap(),
+                    damaged,
+                    "the file was changed (byte {at}, room {room})"
+                );
+            }
+        }
+    }
+    // The message names the file, the offset and the entry, and says what
+    // to do.
     let mut damaged = bytes.clone();
-    damaged[bounds[2] as usize + 20] ^= 1;
+    damaged[(bounds[2] + bounds[3]) as usize / 2] ^= 0x10;
     fs::write(&path, &damaged).unwrap();
-    let log = open_log(dir.path()).unwrap();
-    assert_eq!(all_entries(&log), entries[..2]);
-    assert_eq!(fs::metadata(&path).unwrap().len(), bounds[2]);
+    let msg = open_log(dir.path()).unwrap_err().to_string();
+    for part in [
+        &path.display().to_string(),
+        &bounds[2].to_string(),
+        "entry 3",
+        "written whole",
+        "may have acknowledged",
+        "backup",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing: {msg}");
+    }
+}
+
+/// An append cut short by a crash leaves some sector of its record
+/// unwritten: zeros, from the space written ahead or a hole. Whichever
+/// sector that is (the record's first, a middle one or its last), the
+/// record is a torn tail: it is cut, and the log opens with the records
+/// before it.
+#[test]
+fn last_record_with_an_unwritten_sector_is_a_torn_tail() {
+    let dir = tempdir();
+    let (entries, bytes, bounds) = log_ending_across_sectors(dir.path());
+    let path = log_path(dir.path());
+    for sector in [1024u64, 1536, 2048] {
+        for room in [0, 4096] {
+            let part = sector.max(bounds[2]) as usize..(sector + 512).min(bounds[3]) as usize;
+            let mut torn = bytes.clone();
+            torn[part].fill(0);
+            torn.resize(bytes.len() + room, 0);
+            fs::write(&path, &torn).unwrap();
+            let log = open_log(dir.path()).unwrap();
+            assert_eq!(all_entries(&log), entries[..2], "sector {sector}");
+            drop(log);
+            assert_eq!(
+                fs::read(&path).unwrap(),
+                bytes[..bounds[2] as usize],
+                "not cut to the last good record (sector {sector}, room {room})"
+            );
+        }
+    }
+}
+
+/// A last record whose end is past the end of the file is a torn tail,
+/// wherever the file ends in it.
+#[test]
+fn last_record_cut_off_by_the_end_of_the_file_is_a_torn_tail() {
+    let dir = tempdir();
+    let (entries, bytes, bounds) = log_ending_across_sectors(dir.path());
+    let path = log_path(dir.path());
+    for end in [bounds[2] + 3, bounds[2] + 30, 1536, 2048, bounds[3] - 1] {
+        fs::write(&path, &bytes[..end as usize]).unwrap();
+        let log = open_log(dir.path()).unwrap();
+        assert_eq!(all_entries(&log), entries[..2], "file ending at {end}");
+        drop(log);
+        assert_eq!(fs::metadata(&path).unwrap().len(), bounds[2]);
+    }
 }
 
 #[test]

@@ -79,13 +79,25 @@
 //!   [`Error::Corrupt`] naming the file and the offset of the damaged
 //!   record, and the file is left untouched.
 //!
+//! Before cutting, the damaged record itself is looked at. A crash leaves
+//! the record it tore either cut off by the end of the file or with a
+//! 512-byte sector the disk never wrote, so its part of that sector reads
+//! as zeros. A damaged record that lies whole in the file and fails its
+//! checksum without any such part was written whole and damaged afterwards
+//! (bit rot, a stray write): it may have been synced and acknowledged, and
+//! cutting it could lose a committed entry. Opening fails with
+//! [`Error::Corrupt`] instead, leaving the file untouched.
+//!
 //! A record that checks out but carries the wrong index is corruption too.
-//! The limits of this scheme: damage confined to the last record (bit rot of
-//! a synced record, say) is indistinguishable from a torn write and is cut
-//! off; and damage that zeroes a whole sector in the middle of synced
-//! records (a lost write the disk acknowledged) reads as a torn sync and
-//! cuts the records after it. Scrambled data makes a zero sector in a
-//! written log as unlikely as guessing the salt and the keystream.
+//! The limits of this scheme: damage to a last record's length field that
+//! makes the length invalid or run past the end of the file reads as a torn
+//! write, and so does any damage to a last record whose part of some sector
+//! happens to be zeros (a few bytes there, such as the top bytes of the term
+//! of an entry without data); such a record is cut. And damage that zeroes
+//! a whole sector in the middle of synced records (a lost write the disk
+//! acknowledged) reads as a torn sync and cuts the records after it.
+//! Scrambled data makes a zero sector in a written log as unlikely as
+//! guessing the salt and the keystream.
 //!
 //! # Compaction
 //!
@@ -280,6 +292,10 @@ impl SyncShared {
 enum Damage {
     Io(io::Error),
     Bad(String),
+    /// The record lies whole in the file, this many bytes with its header,
+    /// but fails its checksum. Opening tells a torn append from damage done
+    /// after the record was written by looking at its bytes.
+    Mismatch(u64),
 }
 
 impl FileLog {
@@ -370,13 +386,19 @@ impl FileLog {
             .map_err(|e| io_err("seeking in", e))?;
         let mut pos = start;
         let mut body = Vec::new();
-        let mut damage = None;
+        // Why the scan stopped, and the end of the damaged record if it lies
+        // whole in the file.
+        let mut damage: Option<(String, Option<u64>)> = None;
         while pos < len {
             match read_record(&mut reader, salt, len - pos, &mut body) {
                 Ok(()) => {}
                 Err(Damage::Io(e)) => return Err(io_err("reading", e)),
                 Err(Damage::Bad(reason)) => {
-                    damage = Some(reason);
+                    damage = Some((reason, None));
+                    break;
+                }
+                Err(Damage::Mismatch(n)) => {
+                    damage = Some(("checksum mismatch".into(), Some(pos + n)));
                     break;
                 }
             }
@@ -406,7 +428,7 @@ impl FileLog {
 
         let mut file_len = len;
         // A tail of zeros is space written ahead (see `prealloc`): the end.
-        if let Some(reason) = damage
+        if let Some((reason, whole_to)) = damage
             && !all_zero(&file, pos, len).map_err(|e| io_err("reading", e))?
         {
             if version >= VERSION && !have_start && offsets.is_empty() {
@@ -444,6 +466,24 @@ impl FileLog {
                     ));
                 }
             };
+            // A crash leaves the record it tore cut off by the end of the
+            // file or with a sector the disk never wrote. This one was
+            // written whole and damaged since, perhaps after it was synced
+            // and acknowledged: cutting it could lose a committed entry.
+            if let Some(to) = whole_to
+                && !has_unwritten_part(&file, pos, to).map_err(|e| io_err("reading", e))?
+            {
+                return Err(corrupt(
+                    pos,
+                    format!(
+                        "the record of entry {expected} fails its checksum, but every disk \
+                         sector of it was written: it was damaged after it was written whole, \
+                         not torn by a crash, and this node may have acknowledged it. Restore \
+                         this node's data directory from a backup, or replace the node; do not \
+                         just cut or delete the record, which may hold a committed entry"
+                    ),
+                ));
+            }
             ::log::warn!(
                 "{}: cutting a torn record at offset {pos} ({reason}; {} bytes) {what}",
                 path.display(),
@@ -1221,7 +1261,7 @@ fn read_record(
     body.resize(len, 0);
     r.read_exact(body).map_err(Damage::Io)?;
     if u32_at(&header, 4) != record_crc(salt, &header[..4], body) {
-        return Err(Damage::Bad("checksum mismatch".into()));
+        return Err(Damage::Mismatch((RECORD_HEADER + len) as u64));
     }
     Ok(())
 }
@@ -1242,6 +1282,27 @@ fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
         at += n as u64;
     }
     Ok(true)
+}
+
+/// Whether some [`SECTOR`]-aligned sector that `from..to` of `file` reaches
+/// into holds only zeros inside that range. A disk writes a sector whole or
+/// not at all, and space ahead of the log reads as zeros, so a record the
+/// disk did not finish writing has such a part. Entry data is scrambled, so
+/// a record written whole has one only where a sector holds just a few of
+/// its unscrambled bytes and they are zeros (see the module docs).
+fn has_unwritten_part(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut sector = [0u8; SECTOR as usize];
+    let mut at = from;
+    while at < to {
+        let stop = ((at / SECTOR + 1) * SECTOR).min(to);
+        let part = &mut sector[..(stop - at) as usize];
+        read_exact_at(file, part, at)?;
+        if part.iter().all(|&b| b == 0) {
+            return Ok(true);
+        }
+        at = stop;
+    }
+    Ok(false)
 }
 
 /// Whether `from..to` of `file` holds a whole [`SECTOR`]-aligned sector of

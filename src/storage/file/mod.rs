@@ -31,7 +31,9 @@
 //!   a CRC-32. Data that fails a check makes `open` fail with
 //!   [`Error::Corrupt`] naming the file and byte offset, and nothing is
 //!   rewritten. The one automatic repair is cutting a torn record off the very
-//!   end of the log, which is what a crash in the middle of an append leaves.
+//!   end of the log, which is what a crash in the middle of an append leaves;
+//!   a last record that was written whole and then damaged is reported, not
+//!   cut.
 //! - All integers are little-endian; nothing is stored as hex or text.
 //!
 //! The backends use positional I/O (`pread`/`pwrite`) and `fsync` on the
