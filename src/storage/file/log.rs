@@ -1027,6 +1027,19 @@ impl LogStorage for FileLog {
                 self.fail();
                 return Err(Error::io(format!("truncating {}", self.path.display()), e));
             }
+            // The shorter length must be durable before new records are
+            // written where the cut ones were: a crash that kept the old
+            // length would show a torn new record over old bytes, with no
+            // unwritten sector, which opening takes for damage to a record
+            // written whole and refuses. Cuts are rare (a new leader's
+            // conflicting entries), so the sync costs little.
+            if let Err(e) = self.shared.sync(&self.file) {
+                self.fail();
+                return Err(Error::io(
+                    format!("syncing {} after truncating it", self.path.display()),
+                    e,
+                ));
+            }
             self.zeroer.reset(cut);
             self.pending.clear();
             self.written = cut;
@@ -1266,9 +1279,6 @@ fn read_record(
     Ok(())
 }
 
-/// Searches `from..end` of the file, at every byte offset, for a record
-/// that checks out and holds an index of at least `min_index`; returns the
-/// offset of the first one found.
 /// Whether bytes `from..to` of `file` are all zero.
 fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
     let mut chunk = vec![0u8; CHUNK];
@@ -1321,6 +1331,9 @@ fn has_zero_sector(file: &File, from: u64, to: u64) -> io::Result<bool> {
     Ok(false)
 }
 
+/// Searches `from..end` of the file, at every byte offset, for a record
+/// that checks out and holds an index of at least `min_index`; returns the
+/// offset of the first one found.
 fn find_record(
     file: &File,
     salt: u32,
