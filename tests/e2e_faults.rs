@@ -686,3 +686,85 @@ fn a_follower_killed_while_the_others_compact_catches_up_from_a_snapshot() {
     assert_store(&mut client, &expected);
     cluster.assert_all_alive();
 }
+
+/// Holds `per_port` connections open to each of `addrs` that never send a
+/// byte, reopening those the node closes, until `stop` is set. Counts the
+/// connections it opened in `opened`.
+fn silent_flood(
+    addrs: Vec<std::net::SocketAddr>,
+    per_port: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    thread::spawn(move || {
+        let mut held: Vec<Vec<TcpStream>> = addrs.iter().map(|_| Vec::new()).collect();
+        while !stop.load(Ordering::SeqCst) {
+            for (addr, conns) in addrs.iter().zip(&mut held) {
+                // A node that closed a connection (or died) shows end of
+                // input or an error; a silent open one would block.
+                conns.retain(|s| {
+                    matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                });
+                while conns.len() < per_port {
+                    let Ok(s) = TcpStream::connect_timeout(addr, Duration::from_secs(1)) else {
+                        break;
+                    };
+                    s.set_nonblocking(true).unwrap();
+                    conns.push(s);
+                    opened.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// Silent connections held open to every Raft port, more of them than a
+/// node serves while it waits for their handshakes (64), do not lock the
+/// members out: a restarted follower rejoins, and once the leader is
+/// killed the others elect a new one and serve writes.
+#[test]
+fn silent_connections_on_the_raft_ports_do_not_lock_members_out() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const PER_PORT: usize = 100;
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader();
+    let mut client = cluster.client(PATIENT);
+    put(&mut client, "k", "before the flood");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let addrs = cluster
+        .ids()
+        .iter()
+        .map(|&id| cluster.raft_addr(id))
+        .collect();
+    let flood = silent_flood(addrs, PER_PORT, stop.clone(), opened.clone());
+    wait_for("the flood to fill every port", RECOVERY_DEADLINE, || {
+        (opened.load(Ordering::SeqCst) >= 3 * PER_PORT).then_some(())
+    });
+
+    // A restarted follower: the leader's connection to it, and its own
+    // to the others, must get through.
+    let follower = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
+    cluster.kill(follower);
+    cluster.restart(follower);
+    put(&mut client, "k", "follower restarted");
+    wait_caught_up(&cluster);
+
+    // The followers have had no reason to talk to each other: the election
+    // needs new connections between them.
+    let leader = cluster.wait_leader();
+    cluster.kill(leader);
+    put(&mut client, "k", "leader killed");
+    assert_eq!(get(&mut client, "k").as_deref(), Some("leader killed"));
+    cluster.restart(leader);
+    wait_caught_up(&cluster);
+
+    stop.store(true, Ordering::SeqCst);
+    flood.join().unwrap();
+    assert_eq!(get(&mut client, "k").as_deref(), Some("leader killed"));
+    cluster.assert_all_alive();
+}

@@ -592,19 +592,74 @@ fn inbound_connections_are_limited() {
     // Node 2's connection is the first of four.
     send_until_received(&mut nodes[1], 1, &inboxes[0], 2, 0);
     let mut idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr1).unwrap()).collect();
+    // A fifth connection takes the place of the oldest silent one, not of
+    // node 2's.
     let mut fifth = TcpStream::connect(addr1).unwrap();
-    assert!(closed_by_peer(&mut fifth), "a fifth connection was served");
-    assert!(still_open_briefly(&mut idle[0]));
-    // Node 2 is unaffected.
+    assert!(closed_by_peer(&mut idle[0]), "no room made for a fifth");
+    assert!(still_open_briefly(&mut fifth));
+    assert!(still_open_briefly(&mut idle[1]));
     nodes[1].send(1, msg(1 << 40));
     assert!(recv_until(&inboxes[0], |_, m| m.term() == 1 << 40));
     assert_eq!(nodes[0].stats().rejected_connections, 1);
-    // Once the idle connections go, there is room again.
-    drop(idle);
-    eventually("room for a new connection", || {
-        let mut s = TcpStream::connect(addr1).unwrap();
-        still_open_briefly(&mut s)
+    for node in &mut nodes {
+        node.shutdown();
+    }
+
+    // When every slot holds a member, a new connection is the one closed.
+    let (mut nodes, inboxes) = cluster(2, |c| {
+        c.max_inbound = 1;
+        c.handshake_timeout = DEADLINE * 2;
     });
+    send_until_received(&mut nodes[1], 1, &inboxes[0], 2, 0);
+    let mut extra = TcpStream::connect(nodes[0].local_addr()).unwrap();
+    assert!(
+        closed_by_peer(&mut extra),
+        "a connection over the limit was served"
+    );
+    nodes[1].send(1, msg(1 << 41));
+    assert!(recv_until(&inboxes[0], |_, m| m.term() == 1 << 41));
+    assert_eq!(nodes[0].stats().rejected_connections, 1);
+}
+
+/// Connections that never send a handshake, more of them than the limit
+/// and held open for longer than the test waits, do not lock a member out:
+/// its connection takes the place of the oldest of them.
+#[test]
+fn a_member_gets_in_despite_a_flood_of_silent_connections() {
+    init_log();
+    let (mut nodes, inboxes) = cluster(2, |c| {
+        c.max_inbound = 4;
+        c.handshake_timeout = DEADLINE * 2;
+    });
+    let addr1 = nodes[0].local_addr();
+    // Twelve silent connections, held: the listener has dealt with all
+    // eight over the limit (closed old ones or, while those were still
+    // closing, new ones) before node 2 dials.
+    let mut flood: Vec<TcpStream> = (0..12)
+        .map(|_| TcpStream::connect(addr1).unwrap())
+        .collect();
+    eventually("the flood to be over the limit", || {
+        nodes[0].stats().rejected_connections >= 8
+    });
+    send_until_received(&mut nodes[1], 1, &inboxes[0], 2, 0);
+    // More silent connections do not close the member's: it still delivers,
+    // without dialing again.
+    let connects = nodes[1].stats().connects;
+    let rejected = nodes[0].stats().rejected_connections;
+    flood.extend((0..8).map(|_| TcpStream::connect(addr1).unwrap()));
+    eventually("the second flood to be over the limit", || {
+        nodes[0].stats().rejected_connections >= rejected + 8
+    });
+    nodes[1].send(1, msg(1 << 40));
+    assert!(recv_until(&inboxes[0], |_, m| m.term() == 1 << 40));
+    assert_eq!(
+        nodes[1].stats().connects,
+        connects,
+        "node 2 had to dial again"
+    );
+    for node in &mut nodes {
+        node.shutdown();
+    }
 }
 
 #[test]

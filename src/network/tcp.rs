@@ -59,7 +59,13 @@
 //!   an unknown node) closes that connection only and is logged. A connection
 //!   that sends no valid handshake within [`TcpConfig::handshake_timeout`] is
 //!   closed, and at most [`TcpConfig::max_inbound`] inbound connections are
-//!   served at once, so stray connections cannot pin threads forever.
+//!   served at once, so stray connections cannot pin threads forever. At
+//!   the limit a new connection takes the place of the one that has waited
+//!   longest for its handshake: a member sends its handshake as soon as it
+//!   is connected, so connections that hold a slot in silence (a flood of
+//!   them, say) cannot lock members out, as they would if the new
+//!   connection were the one closed. Connections that completed their
+//!   handshake are never closed to make room.
 //! - TCP watches every peer connection for a member that vanished without
 //!   closing it (see `DeadPeerCheck::PEERS`): keepalive probes after 5 s of
 //!   silence, and sent data unacknowledged for 10 s drops the connection.
@@ -154,7 +160,9 @@ pub struct TcpConfig {
     /// The delay doubles after every consecutive failure up to this cap.
     /// Default 1 s.
     pub backoff_max: Duration,
-    /// Inbound connections served at once; more are closed on accept.
+    /// Inbound connections served at once. When one more arrives, the one
+    /// that has waited longest for its handshake is closed to make room;
+    /// if every connection completed its handshake, the new one is closed.
     /// Default 64.
     pub max_inbound: usize,
     /// An outbound connection unused for this long is checked before its
@@ -261,7 +269,8 @@ pub struct TcpStats {
     /// Outbound connection attempts that failed.
     pub connect_failures: u64,
     /// Inbound connections closed for breaking the protocol, failing the
-    /// handshake or exceeding the connection limit.
+    /// handshake, or waiting for it while newer ones arrived at the
+    /// connection limit.
     pub rejected_connections: u64,
 }
 
@@ -347,6 +356,20 @@ struct Inbound {
 struct InboundConn {
     stream: TcpStream,
     thread: Option<JoinHandle<()>>,
+    stage: Stage,
+}
+
+/// Where an inbound connection stands, as far as the connection limit is
+/// concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for its handshake: the listener may close it to make room.
+    Handshake,
+    /// Named a member in its handshake: kept.
+    Member,
+    /// Closed by the listener to make room; its reader is on its way out
+    /// and the connection no longer counts against the limit.
+    Evicted,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1108,11 +1131,20 @@ fn accept(stream: TcpStream, shared: &Arc<Shared>, inbox: &Inbox) {
         .peer_addr()
         .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
     let mut inbound = lock(&shared.inbound);
-    if inbound.conns.len() >= shared.config.max_inbound {
+    let max = shared.config.max_inbound;
+    let live = inbound
+        .conns
+        .values()
+        .filter(|c| c.stage != Stage::Evicted)
+        .count();
+    // Evicted connections still hold a descriptor and a thread until their
+    // reader notices the shutdown, which takes moments; the second bound
+    // keeps a flood faster than that from piling them up.
+    if live >= max && (inbound.conns.len() >= 2 * max || !make_room(&mut inbound, shared)) {
         bump(&shared.counters.rejected_connections);
         warn!(
-            "node {}: closing Raft connection from {remote}: already serving {} connections",
-            shared.config.id, shared.config.max_inbound
+            "node {}: closing Raft connection from {remote}: already serving {max} connections",
+            shared.config.id
         );
         return;
     }
@@ -1148,6 +1180,7 @@ fn accept(stream: TcpStream, shared: &Arc<Shared>, inbox: &Inbox) {
                 InboundConn {
                     stream: registered,
                     thread: Some(handle),
+                    stage: Stage::Handshake,
                 },
             );
         }
@@ -1156,6 +1189,36 @@ fn accept(stream: TcpStream, shared: &Arc<Shared>, inbox: &Inbox) {
             shared.config.id
         ),
     }
+}
+
+/// Closes the connection that has waited longest for its handshake (the
+/// lowest id: ids grow with every accept), so that a new one can take its
+/// place. A member's connection waits a round trip at most, so the one
+/// closed is almost surely a stray. Returns false if every connection
+/// completed its handshake.
+fn make_room(inbound: &mut Inbound, shared: &Shared) -> bool {
+    let oldest = inbound
+        .conns
+        .iter_mut()
+        .filter(|(_, c)| c.stage == Stage::Handshake)
+        .min_by_key(|(id, _)| **id);
+    let Some((_, conn)) = oldest else {
+        return false;
+    };
+    let remote = conn
+        .stream
+        .peer_addr()
+        .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
+    conn.stage = Stage::Evicted;
+    // Wakes the reader, which then ends and removes the entry.
+    let _ = conn.stream.shutdown(Shutdown::Both);
+    bump(&shared.counters.rejected_connections);
+    warn!(
+        "node {}: closing Raft connection from {remote}: no handshake yet, and {} connections \
+         are open; making room for a new one",
+        shared.config.id, shared.config.max_inbound
+    );
+    true
 }
 
 /// The reader thread of one inbound connection. Dropping it removes the
@@ -1179,7 +1242,7 @@ impl Reader {
                 "node {id}: Raft connection from {} closed by the peer",
                 self.describe()
             ),
-            Err(e) if self.shared.stopping() => {
+            Err(e) if self.shared.stopping() || self.evicted() => {
                 debug!(
                     "node {id}: Raft connection from {} ended: {e}",
                     self.describe()
@@ -1207,6 +1270,15 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Whether the listener closed this connection to make room (and
+    /// already counted and logged that).
+    fn evicted(&self) -> bool {
+        lock(&self.shared.inbound)
+            .conns
+            .get(&self.conn_id)
+            .is_some_and(|c| c.stage == Stage::Evicted)
     }
 
     fn describe(&self) -> String {
@@ -1250,16 +1322,33 @@ impl Reader {
         })?;
         check_hello(&hello, config)?;
         let from = hello.node;
-        self.node = Some(from);
         input.get_mut().deadline = None;
         input
             .get_ref()
             .stream
             .set_read_timeout(Some(READ_POLL))
             .map_err(|e| Error::io("configuring a Raft connection", e))?;
-        let previous = lock(&self.shared.inbound)
-            .current
-            .insert(from, (self.conn_id, Arc::clone(&retired)));
+        let previous = {
+            let mut inbound = lock(&self.shared.inbound);
+            // The listener may have closed the connection to make room
+            // while the handshake was on its way; the member dials again.
+            match inbound.conns.get_mut(&self.conn_id) {
+                Some(conn) if conn.stage == Stage::Handshake => conn.stage = Stage::Member,
+                _ => {
+                    return Err(Error::io(
+                        "completing a Raft handshake",
+                        io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "closed to make room for a newer connection",
+                        ),
+                    ));
+                }
+            }
+            inbound
+                .current
+                .insert(from, (self.conn_id, Arc::clone(&retired)))
+        };
+        self.node = Some(from);
         if let Some((_, previous)) = previous {
             previous.store(true, Ordering::SeqCst);
         }
