@@ -90,8 +90,8 @@ pub fn default_client_addr(raft_addr: SocketAddr) -> Result<SocketAddr> {
 mod clients;
 mod peers;
 
-pub use clients::DEFAULT_MAX_CLIENT_CONNECTIONS;
 use clients::{ClientReader, Replies, Reply, Waker};
+pub use clients::{DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_MAX_CLIENT_PARTIAL_BYTES};
 
 enum Input {
     Peer(NodeId, Message),
@@ -143,6 +143,7 @@ impl Server {
             seed: None,
             client_frame_timeout: DEFAULT_CLIENT_FRAME_TIMEOUT,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            max_client_partial_bytes: DEFAULT_MAX_CLIENT_PARTIAL_BYTES,
             flush_every: FLUSH_EVERY,
             compact_keep: DEFAULT_COMPACT_KEEP,
         }
@@ -165,6 +166,7 @@ pub struct ServerBuilder {
     seed: Option<u64>,
     client_frame_timeout: Duration,
     max_client_connections: usize,
+    max_client_partial_bytes: usize,
     flush_every: u64,
     compact_keep: u64,
 }
@@ -239,6 +241,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Most bytes held across all client connections in requests still
+    /// arriving (default [`DEFAULT_MAX_CLIENT_PARTIAL_BYTES`]). When a read
+    /// takes the total over it, the connections that have held part of a
+    /// request longest are closed until it is back under; a connection
+    /// with a request in progress is not.
+    pub fn max_client_partial_bytes(mut self, max: usize) -> Self {
+        self.max_client_partial_bytes = max;
+        self
+    }
+
     /// Seed of the node's random election timeouts (default: from the clock).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -261,6 +273,7 @@ impl ServerBuilder {
             seed,
             client_frame_timeout,
             max_client_connections,
+            max_client_partial_bytes,
             flush_every,
             compact_keep,
         } = self;
@@ -297,8 +310,12 @@ impl ServerBuilder {
             .map_err(|e| Error::io(format!("binding the client port {client_addr}"), e))?;
         let client_addr = listener.local_addr()?;
 
-        let (reader, inbox_waker) =
-            ClientReader::new(listener, client_frame_timeout, max_client_connections)?;
+        let (reader, inbox_waker) = ClientReader::new(
+            listener,
+            client_frame_timeout,
+            max_client_connections,
+            max_client_partial_bytes,
+        )?;
         let (tx, rx) = mpsc::channel::<Input>();
         let tx = InputSender {
             tx,

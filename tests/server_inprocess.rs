@@ -656,6 +656,75 @@ fn a_connection_stuck_inside_a_request_is_closed() {
     );
 }
 
+/// Requests still arriving may hold no more bytes than the total set on
+/// the builder: past it a connection holding part of a request is closed,
+/// and the others keep working.
+#[test]
+fn partial_requests_over_the_total_close_a_connection() {
+    use std::io::{Read, Write};
+    let network = MemoryNetwork::new();
+    let members = vec![SocketAddr::from(([127, 0, 0, 1], 1))];
+    let node = Server::builder(1, members)
+        .timing(TimingConfig::preset(TimingMode::Fast))
+        .client_addr("127.0.0.1:0".parse().unwrap())
+        .storage(MemoryLog::new(), MemoryState::new(), MemoryKv::new())
+        .transport(network.transport(1))
+        .max_client_partial_bytes(1 << 20)
+        .start()
+        .expect("server starts");
+    let addr = node.client_addr();
+    let mut client = Client::new(vec![addr], Duration::from_secs(30));
+    client.put(b"k", b"before").unwrap();
+
+    let mut big = Vec::new();
+    let put = Request::Write {
+        client_id: 7,
+        seq: 1,
+        op: Op::Put {
+            key: b"big".to_vec(),
+            value: vec![b'v'; 600 << 10],
+        },
+    };
+    frame::write_frame(&mut big, &frame::encode(&put)).unwrap();
+    let part = big.len() - 1;
+    // Two connections each send all of the request but its last byte:
+    // together over the total.
+    let mut conns: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(&big[..part]).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let closed = loop {
+        let closed = conns.iter_mut().position(|s| match s.read(&mut [0u8; 16]) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        });
+        if let Some(i) = closed {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no connection closed");
+    };
+    // The other one finishes its request and is served, and so is
+    // everybody else.
+    let mut kept = conns.swap_remove(1 - closed);
+    kept.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    kept.write_all(&big[part..]).unwrap();
+    assert_eq!(read_response(&mut kept), Response::Outcome(Outcome::Done));
+    assert_eq!(
+        client.get(b"big").unwrap().map(|v| v.len()),
+        Some(600 << 10)
+    );
+    client.put(b"k", b"after").unwrap();
+    assert_eq!(client.get(b"k").unwrap(), Some(b"after".to_vec()));
+    node.shutdown();
+    let _ = node.join();
+}
+
 /// A memory log whose reads can be made to fail and whose sync jobs can be
 /// held until the test lets them finish.
 #[derive(Clone)]

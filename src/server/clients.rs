@@ -20,6 +20,12 @@
 //! in the order they were handed over, so they keep request order; a client
 //! that pipelines without reading holds at most a couple of answers in the
 //! node, and the TCP window pushes back on it.
+//!
+//! Memory: requests still arriving are held in their connection's buffer,
+//! up to one frame each, and up to a total across connections (see
+//! [`DEFAULT_MAX_CLIENT_PARTIAL_BYTES`]); past it the connections holding
+//! part of a request longest are closed. A buffer gives its room back once
+//! a large request has been handed on.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read};
@@ -46,6 +52,13 @@ pub(super) const MAX_CLIENT_FRAME: usize =
 /// new connection takes the place of the one idle the longest; if every
 /// connection has a request in progress, the new one is closed at once.
 pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
+/// Default of the most bytes held across all client connections in requests
+/// still arriving. Each connection may hold a request of up to
+/// [`MAX_CLIENT_FRAME`] bytes (about 2 MiB), so without a total a few
+/// thousand connections that each send all of a large request but its last
+/// byte would hold gigabytes; this one covers a hundred such requests at
+/// once.
+pub const DEFAULT_MAX_CLIENT_PARTIAL_BYTES: usize = 256 << 20;
 /// Most answer bytes kept for one client that does not read them; beyond it
 /// the connection is closed.
 const MAX_STALLED_BYTES: usize = 16 << 20;
@@ -263,6 +276,13 @@ pub(super) struct ClientReader {
     max_conns: usize,
     /// How many connections hold part of a request.
     partial: usize,
+    /// Bytes held in the connections' buffers, read and not yet handed to
+    /// the loop as requests: nearly all of them parts of requests still
+    /// arriving.
+    buffered: usize,
+    /// When `buffered` goes over this, connections holding part of a
+    /// request are closed until it is back under.
+    max_buffered: usize,
     last_sweep: Instant,
     events: Vec<libc::epoll_event>,
     chunk: Vec<u8>,
@@ -282,6 +302,7 @@ impl ClientReader {
         listener: TcpListener,
         frame_timeout: Duration,
         max_conns: usize,
+        max_buffered: usize,
     ) -> Result<(ClientReader, Arc<Waker>)> {
         let setup = |e| Error::io("setting up the client port", e);
         listener.set_nonblocking(true).map_err(setup)?;
@@ -311,6 +332,8 @@ impl ClientReader {
             frame_timeout,
             max_conns: max_conns.max(1),
             partial: 0,
+            buffered: 0,
+            max_buffered,
             last_sweep: Instant::now(),
             events: Vec::with_capacity(256),
             chunk: vec![0u8; READ_CHUNK],
@@ -562,6 +585,7 @@ impl ClientReader {
                 Ok(n) => {
                     side.last_active = Instant::now();
                     side.buf.extend_from_slice(&chunk[..n]);
+                    self.buffered += n;
                     budget = budget.saturating_sub(n);
                     // Read on only while the socket may hold more, the
                     // budget lasts and the buffer stays small; epoll
@@ -583,7 +607,47 @@ impl ClientReader {
             self.close(token);
         } else {
             self.note_partial(token);
+            // At most one read budget over the total before this: the
+            // buffers stay bounded however many connections send.
+            if self.buffered > self.max_buffered {
+                self.close_partial_over_budget();
+            }
             self.finish_if_done(token);
+        }
+    }
+
+    /// Closes connections holding part of a request, the one holding it
+    /// longest first, until the bytes held are within the total again.
+    ///
+    /// Longest rather than largest: a client sending a request at network
+    /// speed holds it for moments, while one that stalls mid-request (as a
+    /// client that wants to pin the node's memory must) holds it ever
+    /// longer, whatever its size; closing the largest would close honest
+    /// large requests under a flood of smaller stalled ones. The frame
+    /// timeout closes the same connections in the same order, later. A
+    /// connection with a request in the loop or an answer being written
+    /// (it may have part of its next request buffered) is never closed; if
+    /// only such connections hold bytes, the total is exceeded for a while
+    /// (by at most a request each).
+    fn close_partial_over_budget(&mut self) {
+        while self.buffered > self.max_buffered {
+            let oldest = self
+                .conns
+                .iter()
+                .filter(|(_, side)| !side.conn.busy.load(Ordering::SeqCst))
+                .filter_map(|(&token, side)| side.partial_since.map(|t| (t, token)))
+                .min();
+            let Some((since, token)) = oldest else {
+                return;
+            };
+            log::warn!(
+                "closing client connection {token}: it holds part of a request, for {:?}, \
+                 and requests still arriving hold {} bytes, over the limit of {}",
+                since.elapsed(),
+                self.buffered,
+                self.max_buffered
+            );
+            self.close(token);
         }
     }
 
@@ -636,6 +700,7 @@ impl ClientReader {
         if side.partial_since.is_some() {
             self.partial -= 1;
         }
+        self.buffered -= side.buf.len();
         Some(side)
     }
 
@@ -689,8 +754,14 @@ impl ClientReader {
                     }
                 };
                 side.buf.drain(..end);
+                self.buffered -= end;
+                // Give back the room a large request took, also when part
+                // of a small next one follows it: otherwise the connection
+                // keeps megabytes while `buffered` counts a few bytes.
                 if side.buf.is_empty() && side.buf.capacity() > READ_CHUNK {
                     side.buf = Vec::new();
+                } else if side.buf.capacity() > 2 * side.buf.len().max(READ_CHUNK) {
+                    side.buf.shrink_to(side.buf.len().max(READ_CHUNK));
                 }
                 batch.push((request, side.conn.clone()));
                 // A further complete request now waits for this one's answer.
@@ -969,6 +1040,7 @@ mod tests {
             listener,
             Duration::from_secs(30),
             DEFAULT_MAX_CLIENT_CONNECTIONS,
+            DEFAULT_MAX_CLIENT_PARTIAL_BYTES,
         )
         .unwrap()
     }
@@ -1123,5 +1195,128 @@ mod tests {
         let mut huge = bytes.clone();
         huge[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(next_frame(&huge).is_err());
+    }
+
+    /// A put of `value_len` bytes as a whole frame.
+    fn put_frame(value_len: usize) -> Vec<u8> {
+        let request = Request::Write {
+            client_id: 1,
+            seq: 1,
+            op: crate::kv::protocol::Op::Put {
+                key: b"k".to_vec(),
+                value: vec![b'v'; value_len],
+            },
+        };
+        let mut bytes = Vec::new();
+        frame::write_frame(&mut bytes, &frame::encode(&request)).unwrap();
+        bytes
+    }
+
+    /// Polls until `done` holds, failing after a generous deadline.
+    fn poll_until(
+        reader: &mut ClientReader,
+        batch: &mut Vec<(Request, Reply)>,
+        what: &str,
+        done: impl Fn(&ClientReader, &[(Request, Reply)]) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(reader, batch) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            poll_briefly(reader, batch);
+        }
+    }
+
+    /// Whether the node closed the client's connection.
+    fn closed(client: &mut TcpStream) -> bool {
+        client
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        match client.read(&mut [0u8; 16]) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        }
+    }
+
+    /// Requests still arriving may hold no more than the total set: past it
+    /// the connection holding part of a request longest is closed, never
+    /// one with a request in the loop; and a connection's buffer gives back
+    /// the room a large request took once it is handed on.
+    #[test]
+    fn partial_requests_over_the_total_close_the_oldest() {
+        use std::io::Write;
+        let big = put_frame(300 << 10);
+        let part = big.len() - 1;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut reader, _) = ClientReader::new(
+            listener,
+            Duration::from_secs(60),
+            DEFAULT_MAX_CLIENT_CONNECTIONS,
+            part + part / 2,
+        )
+        .unwrap();
+        let mut batch = Vec::new();
+        let token_of = |reader: &ClientReader, from: &TcpStream| {
+            let local = from.local_addr().unwrap();
+            reader
+                .conns
+                .iter()
+                .find(|(_, side)| side.conn.stream.peer_addr().unwrap() == local)
+                .map(|(&token, _)| token)
+        };
+
+        // The first connection holds all of a request but its last byte;
+        // a second one does the same, which goes over the total.
+        let mut first = TcpStream::connect(addr).unwrap();
+        first.write_all(&big[..part]).unwrap();
+        poll_until(&mut reader, &mut batch, "the first part", |r, _| {
+            r.buffered == part
+        });
+        let first_token = token_of(&reader, &first).unwrap();
+        let mut second = TcpStream::connect(addr).unwrap();
+        second.write_all(&big[..part]).unwrap();
+        poll_until(&mut reader, &mut batch, "the first closed", |r, _| {
+            !r.conns.contains_key(&first_token)
+        });
+        assert!(closed(&mut first));
+        poll_until(&mut reader, &mut batch, "the second part", |r, _| {
+            r.buffered == part
+        });
+        let second_token = token_of(&reader, &second).expect("the second connection kept");
+
+        // The second finishes its request, which goes to the loop, and
+        // sends the start of its next one: its buffer shrinks back.
+        second
+            .write_all(&[&big[part..], &big[..5]].concat())
+            .unwrap();
+        poll_until(&mut reader, &mut batch, "the second request", |r, b| {
+            b.len() == 1 && r.buffered == 5
+        });
+        let capacity = reader.conns[&second_token].buf.capacity();
+        assert!(capacity <= READ_CHUNK, "a buffer kept {capacity} bytes");
+
+        // The second's request is in the loop (nobody answers it): however
+        // long its next request has been arriving, a newer one that goes
+        // over the total is closed instead.
+        second.write_all(&big[5..part]).unwrap();
+        poll_until(&mut reader, &mut batch, "the next part", |r, _| {
+            r.buffered == part
+        });
+        let mut third = TcpStream::connect(addr).unwrap();
+        third.write_all(&big[..part]).unwrap();
+        poll_until(&mut reader, &mut batch, "the third closed", |r, _| {
+            r.next_token > second_token + 1 && r.conns.len() == 1
+        });
+        assert!(closed(&mut third));
+        assert!(reader.conns.contains_key(&second_token));
+        assert_eq!(reader.buffered, part);
+
+        // Once answered, the second finishes its next request and is served.
+        let (_, reply) = batch.pop().unwrap();
+        Replies::default().send(&reply, Response::Outcome(Outcome::Done));
+        second.write_all(&big[part..]).unwrap();
+        poll_until(&mut reader, &mut batch, "the next request", |r, b| {
+            b.len() == 1 && r.buffered == 0
+        });
     }
 }

@@ -261,6 +261,7 @@ mod tests {
             listener,
             frame_timeout,
             crate::server::DEFAULT_MAX_CLIENT_CONNECTIONS,
+            crate::server::DEFAULT_MAX_CLIENT_PARTIAL_BYTES,
         )
         .unwrap()
         .0
