@@ -258,10 +258,20 @@ fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration> {
 }
 
 /// Parses a comma-separated list of Raft addresses: at least one, no
-/// duplicates.
+/// empty entry, no duplicates.
 pub fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
+    if list.split(',').all(|s| s.trim().is_empty()) {
+        return Err(Error::Config("--cluster lists no address".into()));
+    }
     let mut addrs = Vec::new();
-    for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for (i, part) in list.split(',').map(str::trim).enumerate() {
+        if part.is_empty() {
+            return Err(Error::Config(format!(
+                "--cluster '{list}' has an empty entry at position {}; give every member's \
+                 address, in node-id order",
+                i + 1
+            )));
+        }
         let addr = part
             .to_socket_addrs()
             .map_err(|e| Error::Config(format!("cannot resolve address '{part}': {e}")))?
@@ -271,9 +281,6 @@ pub fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
             return Err(Error::Config(format!("--cluster lists {addr} twice")));
         }
         addrs.push(addr);
-    }
-    if addrs.is_empty() {
-        return Err(Error::Config("--cluster lists no address".into()));
     }
     Ok(addrs)
 }

@@ -261,14 +261,22 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 }
 
 fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
-    let addrs = list
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(resolve)
-        .collect::<Result<Vec<_>>>()?;
-    if addrs.is_empty() {
+    if list.split(',').all(|s| s.trim().is_empty()) {
         return Err(Error::Config("--cluster lists no address".into()));
     }
+    // Node ids are positions in the list: an empty entry would shift them.
+    let addrs = list
+        .split(',')
+        .enumerate()
+        .map(|(i, s)| match s.trim() {
+            "" => Err(Error::Config(format!(
+                "--cluster '{list}' has an empty entry at position {}; give every member's \
+                 address, in node-id order",
+                i + 1
+            ))),
+            s => resolve(s),
+        })
+        .collect::<Result<Vec<_>>>()?;
     for (i, a) in addrs.iter().enumerate() {
         if addrs[..i].contains(a) {
             return Err(Error::Config(format!("--cluster lists {a} twice")));
@@ -711,6 +719,21 @@ mod tests {
     fn cluster_lists_are_checked() {
         assert_eq!(parse_cluster("127.0.0.1:1,127.0.0.1:2").unwrap().len(), 2);
         assert!(parse_cluster("").is_err());
+        assert!(
+            parse_cluster(" , ")
+                .unwrap_err()
+                .to_string()
+                .contains("no address")
+        );
+        for list in [
+            "127.0.0.1:1,,127.0.0.1:3",
+            ",127.0.0.1:1",
+            "127.0.0.1:1,",
+            "127.0.0.1:1, ,127.0.0.1:3",
+        ] {
+            let err = parse_cluster(list).unwrap_err().to_string();
+            assert!(err.contains("empty entry"), "{list}: {err}");
+        }
         assert!(parse_cluster("127.0.0.1:1,127.0.0.1:1").is_err());
         assert!(parse_cluster("nonsense").is_err());
     }

@@ -142,6 +142,12 @@ fn bad_values_are_clear_errors() {
     assert!(config_error(&["--timeout", "0"]).contains("--timeout"));
     assert!(config_error(&["--local", "--nodes", "0"]).contains("--nodes"));
     assert!(config_error(&["--cluster", ","]).contains("no address"));
+    for list in ["127.0.0.1:1,,127.0.0.1:3", "127.0.0.1:1,", ",127.0.0.1:1"] {
+        assert!(
+            config_error(&["--cluster", list]).contains("empty entry"),
+            "{list}"
+        );
+    }
     assert!(config_error(&["--cluster", "127.0.0.1:1,127.0.0.1:1"]).contains("twice"));
     assert!(config_error(&["--cluster", "not-an-address"]).contains("not-an-address"));
     // A verified run may use exactly the tag's length.

@@ -270,10 +270,16 @@ fn server_startup_errors_are_clear() {
     let a = format!("127.0.0.1:{base}");
     let b = format!("127.0.0.1:{}", base + 1);
     let list = format!("{a},{b}");
+    let gap = format!("{a},,{b}");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
     let data = data.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        // An empty entry would shift the node ids after it.
+        (
+            vec!["server", "--node-id", "2", "--bind", &b, "--cluster", &gap],
+            "empty entry",
+        ),
         // --bind is not node 1's entry.
         (
             vec!["server", "--node-id", "1", "--bind", &b, "--cluster", &list],
