@@ -258,7 +258,7 @@ fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration> {
 }
 
 /// Parses a comma-separated list of Raft addresses: at least one, no
-/// empty entry, no duplicates.
+/// empty entry, no port 0, no duplicates.
 pub fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
     if list.split(',').all(|s| s.trim().is_empty()) {
         return Err(Error::Config("--cluster lists no address".into()));
@@ -277,6 +277,11 @@ pub fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
             .map_err(|e| Error::Config(format!("cannot resolve address '{part}': {e}")))?
             .next()
             .ok_or_else(|| Error::Config(format!("address '{part}' resolves to nothing")))?;
+        if addr.port() == 0 {
+            return Err(Error::Config(format!(
+                "--cluster {addr} has port 0; members need fixed, known ports"
+            )));
+        }
         if addrs.contains(&addr) {
             return Err(Error::Config(format!("--cluster lists {addr} twice")));
         }

@@ -274,7 +274,7 @@ fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
                  address, in node-id order",
                 i + 1
             ))),
-            s => resolve(s),
+            s => resolve(s).and_then(|a| fixed_port("--cluster", a)),
         })
         .collect::<Result<Vec<_>>>()?;
     for (i, a) in addrs.iter().enumerate() {
@@ -285,10 +285,25 @@ fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
+/// Members find each other, and clients find them, at the ports the flags
+/// name, so port 0 ("any free port") is no member address.
+fn fixed_port(flag: &str, addr: SocketAddr) -> Result<SocketAddr> {
+    if addr.port() == 0 {
+        return Err(Error::Config(format!(
+            "{flag} {addr} has port 0; members need fixed, known ports"
+        )));
+    }
+    Ok(addr)
+}
+
 fn run_server(args: ServerArgs) -> Result<()> {
     let timing = args.timing.config()?;
     let id = args.node_id;
-    let bind = args.bind.as_deref().map(resolve).transpose()?;
+    let bind = args
+        .bind
+        .as_deref()
+        .map(|b| resolve(b).and_then(|a| fixed_port("--bind", a)))
+        .transpose()?;
     let cluster = match (&args.cluster, bind) {
         (Some(list), _) => parse_cluster(list)?,
         (None, Some(b)) if id == 1 => vec![b],
@@ -736,5 +751,9 @@ mod tests {
         }
         assert!(parse_cluster("127.0.0.1:1,127.0.0.1:1").is_err());
         assert!(parse_cluster("nonsense").is_err());
+        let err = parse_cluster("127.0.0.1:1,127.0.0.1:0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port 0"), "{err}");
     }
 }

@@ -149,6 +149,7 @@ fn bad_values_are_clear_errors() {
         );
     }
     assert!(config_error(&["--cluster", "127.0.0.1:1,127.0.0.1:1"]).contains("twice"));
+    assert!(config_error(&["--cluster", "127.0.0.1:1,127.0.0.1:0"]).contains("port 0"));
     assert!(config_error(&["--cluster", "not-an-address"]).contains("not-an-address"));
     // A verified run may use exactly the tag's length.
     assert!(plan(&["--verify", "--value-size", &TAG_LEN.to_string()]).is_ok());

@@ -280,6 +280,18 @@ fn server_startup_errors_are_clear() {
             vec!["server", "--node-id", "2", "--bind", &b, "--cluster", &gap],
             "empty entry",
         ),
+        // Port 0 would make the node listen on ports nobody knows.
+        (
+            vec![
+                "server",
+                "--bind",
+                "127.0.0.1:0",
+                "--cluster",
+                "127.0.0.1:0",
+            ],
+            "port 0",
+        ),
+        (vec!["server", "--bind", "127.0.0.1:0"], "port 0"),
         // --bind is not node 1's entry.
         (
             vec!["server", "--node-id", "1", "--bind", &b, "--cluster", &list],
