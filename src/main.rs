@@ -500,11 +500,15 @@ fn run_local(args: LocalArgs) -> Result<()> {
         .map(|i| SocketAddr::from(([127, 0, 0, 1], args.base_port + i)))
         .collect();
     let list = cluster_identity(&cluster);
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
-        Error::io(
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::Config(format!(
+            "--data-dir {} exists and is not a directory",
+            args.data_dir.display()
+        )),
+        _ => Error::io(
             format!("creating the data directory {}", args.data_dir.display()),
             e,
-        )
+        ),
     })?;
     let exe = std::env::current_exe().map_err(|e| Error::io("finding the kvapp-c binary", e))?;
 

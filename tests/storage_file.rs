@@ -1232,6 +1232,20 @@ fn data_dir_is_created_and_locked() {
 }
 
 #[test]
+fn a_file_in_place_of_the_data_dir_is_a_clear_error() {
+    let root = tempdir();
+    let path = root.path().join("file");
+    fs::write(&path, b"not a directory").unwrap();
+    match DataDir::open(&path) {
+        Err(Error::Config(msg)) => {
+            assert!(msg.contains("exists and is not a directory"), "{msg}")
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    assert_eq!(fs::read(&path).unwrap(), b"not a directory");
+}
+
+#[test]
 fn backends_keep_the_directory_locked() {
     let dir = tempdir();
     let data = DataDir::open(dir.path()).unwrap();

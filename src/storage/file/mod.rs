@@ -122,11 +122,17 @@ impl DataDir {
 
     /// Opens (creating it if missing) the data directory at `path` and locks
     /// it. Fails at once with [`Error::Locked`] if another process, or
-    /// another `DataDir` in this process, holds the lock.
+    /// another `DataDir` in this process, holds the lock, and with
+    /// [`Error::Config`] if `path` exists and is not a directory.
     pub fn open(path: &Path) -> Result<DataDir> {
         if !path.is_dir() {
-            fs::create_dir_all(path)
-                .map_err(|e| Error::io(format!("creating data directory {}", path.display()), e))?;
+            fs::create_dir_all(path).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Error::Config(format!(
+                    "data directory {} exists and is not a directory",
+                    path.display()
+                )),
+                _ => Error::io(format!("creating data directory {}", path.display()), e),
+            })?;
             // Make the new directory's own name durable, or a crash could
             // lose it together with everything later synced inside it.
             sync_dir(parent_dir(path))?;
