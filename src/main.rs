@@ -347,6 +347,7 @@ fn run_server(args: ServerArgs) -> Result<()> {
     let log = dir.log()?;
     let state = dir.state()?;
     let kv = dir.kv()?;
+    dir.check_state_file(&log, &kv)?;
     let peers: BTreeMap<NodeId, SocketAddr> = cluster
         .iter()
         .enumerate()

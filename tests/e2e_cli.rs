@@ -452,6 +452,51 @@ fn the_seed_spellings_without_a_subcommand_still_work() {
 }
 
 #[test]
+fn a_node_whose_term_or_identity_file_was_deleted_refuses_to_start() {
+    let (addr, dir) = single_node_spot();
+    let data = dir.path().join("data");
+    let server_args = [
+        "server",
+        "--node-id",
+        "1",
+        "--bind",
+        &addr,
+        "--cluster",
+        &addr,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let server = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(server_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for(
+        "the server to take a write",
+        common::RECOVERY_DEADLINE,
+        || (put_k_v(&addr).code == Some(0)).then_some(()),
+    );
+    stop_cleanly(server);
+
+    for name in ["raft.state", "node.id"] {
+        let path = data.join(name);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let out = run(&server_args, None, Duration::from_secs(30));
+        assert!(out.code.is_some_and(|c| c != 0), "without {name}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!("{name} (")) && out.stderr.contains("is missing"),
+            "without {name}: {out:?}"
+        );
+        assert!(!out.stderr.contains("panicked"), "{out:?}");
+        assert!(!path.exists(), "{name} was written again");
+        std::fs::write(&path, saved).unwrap();
+    }
+}
+
+#[test]
 fn values_up_to_the_size_limit_go_through_and_larger_ones_are_refused() {
     let cluster = Cluster::start(3);
     cluster.wait_leader();

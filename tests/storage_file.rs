@@ -1326,6 +1326,78 @@ fn a_data_directory_belongs_to_one_node() {
 }
 
 #[test]
+fn a_missing_identity_file_is_an_error_once_the_node_wrote_anything() {
+    for name in [
+        DataDir::LOG_FILE,
+        DataDir::STATE_FILE,
+        DataDir::KV_FILE,
+        "raft.log.start",
+    ] {
+        let dir = tempdir();
+        let data = DataDir::open(dir.path()).unwrap();
+        fs::write(dir.path().join(name), b"").unwrap();
+        match data.claim_identity(&me(1, 3, "a:1,b:2,c:3")) {
+            Err(Error::Config(msg)) => {
+                assert!(msg.contains(DataDir::IDENTITY_FILE), "{name}: {msg}");
+                assert!(msg.contains(name), "{name}: {msg}");
+            }
+            r => panic!("{name}: claimed a used directory: {r:?}"),
+        }
+        assert!(!dir.path().join(DataDir::IDENTITY_FILE).exists(), "{name}");
+    }
+    // An empty directory (the lock file aside) is claimed.
+    let dir = tempdir();
+    let data = DataDir::open(dir.path()).unwrap();
+    data.claim_identity(&me(1, 3, "a:1,b:2,c:3")).unwrap();
+    // Once claimed, the node's files are its own.
+    drop(data.log().unwrap());
+    data.claim_identity(&me(1, 3, "a:1,b:2,c:3")).unwrap();
+}
+
+#[test]
+fn a_missing_state_file_is_an_error_once_the_log_or_store_holds_anything() {
+    // A fresh directory, and one whose log was created but got no entry.
+    let dir = tempdir();
+    let data = DataDir::open(dir.path()).unwrap();
+    let (log, kv) = (data.log().unwrap(), data.kv().unwrap());
+    data.check_state_file(&log, &kv).unwrap();
+    drop((log, kv));
+
+    // Entries in the log, no state file.
+    let mut log = data.log().unwrap();
+    log.append(&[entry(1, 8, 10), entry(2, 8, 10)]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, kv) = (data.log().unwrap(), data.kv().unwrap());
+    match data.check_state_file(&log, &kv) {
+        Err(Error::Config(msg)) => assert!(msg.contains(DataDir::STATE_FILE), "{msg}"),
+        r => panic!("started without the state file: {r:?}"),
+    }
+    // With the state file, all is well.
+    let mut state = data.state().unwrap();
+    state
+        .save(&HardState {
+            term: 8,
+            vote: Some(2),
+        })
+        .unwrap();
+    data.check_state_file(&log, &kv).unwrap();
+    drop((log, kv, state));
+
+    // A store applied through some entry, with an empty log.
+    let dir = tempdir();
+    let data = DataDir::open(dir.path()).unwrap();
+    let mut kv = data.kv().unwrap();
+    kv.write(5, vec![put(b"k", b"v")]).unwrap();
+    kv.flush().unwrap();
+    let log = data.log().unwrap();
+    match data.check_state_file(&log, &kv) {
+        Err(Error::Config(msg)) => assert!(msg.contains(DataDir::STATE_FILE), "{msg}"),
+        r => panic!("started without the state file: {r:?}"),
+    }
+}
+
+#[test]
 fn bad_identity_files_are_errors() {
     let dir = tempdir();
     let path = dir.path().join(DataDir::IDENTITY_FILE);

@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::storage::{KvStorage, LogStorage};
 use crate::{Error, Result};
 
 mod identity;
@@ -113,11 +114,58 @@ impl DataDir {
     /// Name of the file recording which node owns the directory.
     pub const IDENTITY_FILE: &'static str = "node.id";
 
+    /// The files a node keeps its state in, besides `node.id`.
+    const NODE_FILES: [&'static str; 4] = [
+        Self::LOG_FILE,
+        "raft.log.start",
+        Self::STATE_FILE,
+        Self::KV_FILE,
+    ];
+
     /// Records `me` as the directory's owner on first use; afterwards fails
     /// with [`Error::Config`] if the directory belongs to another node id or
     /// a cluster of another size (a wrong `--node-id` or `--data-dir`).
+    ///
+    /// First use means an empty directory: if `node.id` is missing but a
+    /// node's files are there, it was deleted (or the directory was never
+    /// this node's), and claiming would hide that, so it is an error too.
     pub fn claim_identity(&self, me: &Identity) -> Result<()> {
-        identity::claim(&self.path.join(Self::IDENTITY_FILE), me)
+        let path = self.path.join(Self::IDENTITY_FILE);
+        if !path.exists() {
+            let present: Vec<&str> = Self::NODE_FILES
+                .into_iter()
+                .filter(|name| self.path.join(name).exists())
+                .collect();
+            if !present.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} (which node owns the data directory) is missing, but the directory \
+                     holds {}; restore the file, or start the node on an empty directory",
+                    path.display(),
+                    present.join(", ")
+                )));
+            }
+        }
+        identity::claim(&path, me)
+    }
+
+    /// Fails with [`Error::Config`] if `raft.state` (term and vote) is
+    /// missing while `log` holds entries or `kv` a snapshot. A node saves
+    /// its term before it writes any entry, so the file was deleted; a node
+    /// starting without it would be back at term 0 with no vote, and could
+    /// vote twice in one term.
+    pub fn check_state_file(&self, log: &FileLog, kv: &FileKv) -> Result<()> {
+        let path = self.path.join(Self::STATE_FILE);
+        if path.exists() || (log.last_index() == 0 && kv.applied_index() == 0) {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "{} (the node's term and vote) is missing, but the data directory holds a log \
+             through entry {} and a key-value store applied through entry {}; restore the \
+             file, or start the node on an empty directory",
+            path.display(),
+            log.last_index(),
+            kv.applied_index()
+        )))
     }
 
     /// Opens (creating it if missing) the data directory at `path` and locks
