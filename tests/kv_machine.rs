@@ -362,6 +362,30 @@ fn invalid_keys_and_values_are_rejected_at_apply() {
     }
 }
 
+/// Keys with whitespace are refused where requests come in (the server and
+/// the client library), but an entry that holds one, written before that
+/// rule, applies as it always did: replicas replaying one log must agree
+/// whichever version replays it.
+#[test]
+fn keys_with_whitespace_are_refused_on_entry_but_old_entries_apply() {
+    use kvapp_c::kv::validate_op;
+    for key in ["a b", "tab\there", "line\nfeed", "nbsp\u{a0}x"] {
+        for op in [put(key, "v"), cas(key, None, "v")] {
+            let err = validate_op(&op).unwrap_err().to_string();
+            assert!(err.contains("whitespace"), "{key:?}: {err}");
+        }
+        // Such a key stored earlier can still be removed.
+        validate_op(&del(key)).unwrap();
+    }
+    validate_op(&put("no-space", "v")).unwrap();
+
+    let mut h = Harness::new();
+    assert_eq!(h.apply(7, 1, put("old key", "v")), Outcome::Done);
+    assert_eq!(h.get(b"old key"), v("v"));
+    assert_eq!(h.apply(7, 2, del("old key")), Outcome::Done);
+    assert_eq!(h.get(b"old key"), None);
+}
+
 #[test]
 fn list_never_shows_internal_keys() {
     let mut h = Harness::new();

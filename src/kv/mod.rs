@@ -35,6 +35,25 @@ pub fn validate_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Checks a key a write would create: [`validate_key`], and no whitespace
+/// (the shell splits its commands at whitespace, and `list` prints one key
+/// per line). Checked where requests come in, not when the state machine
+/// applies them: an entry already in a log must apply the same way on
+/// every replica whichever version replays it. Gets and deletes of such a
+/// key (stored before this rule) still work.
+pub fn validate_new_key(key: &[u8]) -> Result<()> {
+    validate_key(key)?;
+    if key
+        .utf8_chunks()
+        .any(|chunk| chunk.valid().contains(char::is_whitespace))
+    {
+        return Err(Error::InvalidInput(
+            "keys may not contain whitespace".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a value: at most [`MAX_VALUE_BYTES`].
 pub fn validate_value(value: &[u8]) -> Result<()> {
     if value.len() > MAX_VALUE_BYTES {
@@ -50,12 +69,12 @@ pub fn validate_value(value: &[u8]) -> Result<()> {
 pub fn validate_op(op: &Op) -> Result<()> {
     match op {
         Op::Put { key, value } => {
-            validate_key(key)?;
+            validate_new_key(key)?;
             validate_value(value)
         }
         Op::Delete { key } => validate_key(key),
         Op::Cas { key, expected, new } => {
-            validate_key(key)?;
+            validate_new_key(key)?;
             if let Some(e) = expected {
                 validate_value(e)?;
             }
