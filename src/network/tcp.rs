@@ -351,6 +351,33 @@ struct Inbound {
     conns: HashMap<u64, InboundConn>,
     /// The newest handshaken connection of each node and its retire flag.
     current: HashMap<NodeId, (u64, Arc<AtomicBool>)>,
+    /// When a connection closed for the limit was last logged at warn
+    /// level, and how many were closed since: a flood of connections would
+    /// otherwise write a warning for each.
+    limit_warned: Option<Instant>,
+    limit_closed_unreported: u64,
+}
+
+impl Inbound {
+    /// Logs a connection closed for the limit: at warn level at most once
+    /// per [`WARN_INTERVAL`], with the count of those closed meanwhile.
+    fn warn_closed_for_limit(&mut self, what: String) {
+        if self
+            .limit_warned
+            .is_some_and(|t| t.elapsed() < WARN_INTERVAL)
+        {
+            self.limit_closed_unreported += 1;
+            debug!("{what}");
+            return;
+        }
+        let earlier = std::mem::take(&mut self.limit_closed_unreported);
+        if earlier > 0 {
+            warn!("{what} ({earlier} more closed for the limit since the last warning)");
+        } else {
+            warn!("{what}");
+        }
+        self.limit_warned = Some(Instant::now());
+    }
 }
 
 struct InboundConn {
@@ -1142,10 +1169,10 @@ fn accept(stream: TcpStream, shared: &Arc<Shared>, inbox: &Inbox) {
     // keeps a flood faster than that from piling them up.
     if live >= max && (inbound.conns.len() >= 2 * max || !make_room(&mut inbound, shared)) {
         bump(&shared.counters.rejected_connections);
-        warn!(
+        inbound.warn_closed_for_limit(format!(
             "node {}: closing Raft connection from {remote}: already serving {max} connections",
             shared.config.id
-        );
+        ));
         return;
     }
     let registered = match stream.try_clone() {
@@ -1213,11 +1240,11 @@ fn make_room(inbound: &mut Inbound, shared: &Shared) -> bool {
     // Wakes the reader, which then ends and removes the entry.
     let _ = conn.stream.shutdown(Shutdown::Both);
     bump(&shared.counters.rejected_connections);
-    warn!(
+    inbound.warn_closed_for_limit(format!(
         "node {}: closing Raft connection from {remote}: no handshake yet, and {} connections \
          are open; making room for a new one",
         shared.config.id, shared.config.max_inbound
-    );
+    ));
     true
 }
 
