@@ -487,15 +487,6 @@ fn garbage_on_either_port_leaves_the_nodes_serving() {
     }
 }
 
-/// The handshake on the Raft port, as the transport encodes it (postcard
-/// encodes by field order and type), so a test can speak it by hand.
-#[derive(serde::Serialize)]
-struct Hello<'a> {
-    protocol: &'a str,
-    cluster: &'a str,
-    node: kvapp_c::NodeId,
-}
-
 /// A malformed snapshot from a peer (here forged, claiming to be another
 /// member, after a valid handshake) is refused and the node goes on; it
 /// used to stop the node, so three frames stopped a cluster.
@@ -517,11 +508,6 @@ fn a_malformed_snapshot_from_a_peer_is_refused_and_the_node_serves_on() {
     let mut frames = Vec::new();
     for id in cluster.ids() {
         let claimed = id % 3 + 1;
-        let hello = Hello {
-            protocol: PROTOCOL,
-            cluster: &identity,
-            node: claimed,
-        };
         let snapshot = Message::InstallSnapshot {
             term: 1_000 + id,
             leader: claimed,
@@ -531,8 +517,7 @@ fn a_malformed_snapshot_from_a_peer_is_refused_and_the_node_serves_on() {
             data: b"this is not a snapshot".to_vec(),
             done: true,
         };
-        let mut bytes = Vec::new();
-        frame::write_frame(&mut bytes, &frame::encode(&hello)).unwrap();
+        let mut bytes = common::hello_frame(PROTOCOL, &identity, claimed);
         frame::write_frame(&mut bytes, &frame::encode(&snapshot)).unwrap();
         let mut s = TcpStream::connect(cluster.raft_addr(id)).expect("connect");
         s.write_all(&bytes).expect("send");

@@ -13,13 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::hello_frame;
 use kvapp_c::network::frame::{self, MAGIC, VERSION};
 use kvapp_c::network::tcp::{PROTOCOL, TcpConfig, TcpTransport, cluster_identity};
 use kvapp_c::network::{Adopt, Handover, Inbox, Transport};
 use kvapp_c::raft::Message;
 use kvapp_c::storage::Entry;
 use kvapp_c::{Error, NodeId};
-use serde::Serialize;
 
 /// Generous bound for anything that should happen "soon".
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -158,27 +160,10 @@ fn finishes_in_time<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send 
         .unwrap_or_else(|_| panic!("{what} did not finish within {DEADLINE:?}"))
 }
 
-/// The same shape as the transport's handshake, so the tests can speak the
-/// protocol by hand (postcard encodes by field order and type, not name).
-#[derive(Serialize)]
-struct Hello<'a> {
-    protocol: &'a str,
-    cluster: &'a str,
-    node: NodeId,
-}
-
 fn frame_bytes(body: &[u8]) -> Vec<u8> {
     let mut buf = Vec::new();
     frame::write_frame(&mut buf, body).unwrap();
     buf
-}
-
-fn hello_frame(protocol: &str, cluster: &str, node: NodeId) -> Vec<u8> {
-    frame_bytes(&frame::encode(&Hello {
-        protocol,
-        cluster,
-        node,
-    }))
 }
 
 /// Whether the other side closed `stream` (end of stream or reset) before

@@ -635,3 +635,27 @@ impl Drop for Cluster {
         self.kill_all();
     }
 }
+
+/// The same shape as the Raft transport's handshake (postcard encodes by
+/// field order and type, not name), so tests can speak the protocol by hand.
+#[derive(serde::Serialize)]
+struct Hello<'a> {
+    protocol: &'a str,
+    cluster: &'a str,
+    node: NodeId,
+}
+
+/// A framed handshake naming `node` of `cluster` over `protocol`.
+pub fn hello_frame(protocol: &str, cluster: &str, node: NodeId) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    kvapp_c::network::frame::write_frame(
+        &mut bytes,
+        &kvapp_c::network::frame::encode(&Hello {
+            protocol,
+            cluster,
+            node,
+        }),
+    )
+    .unwrap();
+    bytes
+}
