@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
+use kvapp_c::bench::parse_cluster;
 use kvapp_c::kv::Client;
 use kvapp_c::network::tcp::{TcpConfig, TcpTransport, cluster_identity};
 use kvapp_c::server::{Server, default_client_addr};
@@ -258,31 +259,6 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .map_err(|e| Error::Config(format!("cannot resolve address '{addr}': {e}")))?
         .next()
         .ok_or_else(|| Error::Config(format!("address '{addr}' resolves to nothing")))
-}
-
-fn parse_cluster(list: &str) -> Result<Vec<SocketAddr>> {
-    if list.split(',').all(|s| s.trim().is_empty()) {
-        return Err(Error::Config("--cluster lists no address".into()));
-    }
-    // Node ids are positions in the list: an empty entry would shift them.
-    let addrs = list
-        .split(',')
-        .enumerate()
-        .map(|(i, s)| match s.trim() {
-            "" => Err(Error::Config(format!(
-                "--cluster '{list}' has an empty entry at position {}; give every member's \
-                 address, in node-id order",
-                i + 1
-            ))),
-            s => resolve(s).and_then(|a| fixed_port("--cluster", a)),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for (i, a) in addrs.iter().enumerate() {
-        if addrs[..i].contains(a) {
-            return Err(Error::Config(format!("--cluster lists {a} twice")));
-        }
-    }
-    Ok(addrs)
 }
 
 /// Members find each other, and clients find them, at the ports the flags
