@@ -11,7 +11,8 @@
 //! - `--local` starts a throwaway cluster of `kvapp-c server` child
 //!   processes on loopback (syncing as in production) and stops it after.
 //! - `--floor` also measures the floor of the machine (an `fdatasync` of a
-//!   small append, a loopback TCP round trip; see [`floor`]); `--floor-only`
+//!   small append, a loopback TCP round trip, the ceiling of round trips
+//!   for the run's client threads; see [`floor`]); `--floor-only`
 //!   measures just that, with no cluster, e.g. on a disk before deploying.
 //! - `--verify` reads back every key an acknowledged put wrote and fails the
 //!   command if any lost its value (see [`verify`]).
@@ -100,8 +101,9 @@ pub struct BenchArgs {
     /// if one lost its value.
     #[arg(long)]
     pub verify: bool,
-    /// Also measure the machine's floor: fdatasync of a small append and a
-    /// loopback TCP round trip.
+    /// Also measure the machine's floor: fdatasync of a small append, a
+    /// loopback TCP round trip, and the most round trips --clients threads
+    /// get from a server that does nothing else.
     #[arg(long)]
     pub floor: bool,
     /// Measure only the floor; no cluster is needed.

@@ -87,7 +87,7 @@ pub fn default_client_addr(raft_addr: SocketAddr) -> Result<SocketAddr> {
     Ok(SocketAddr::new(raft_addr.ip(), port))
 }
 
-mod clients;
+pub(crate) mod clients;
 mod peers;
 
 use clients::{ClientReader, Replies, Reply, Waker};

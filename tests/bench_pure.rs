@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use kvapp_c::Error;
+use kvapp_c::bench::cpu::MachineShare;
 use kvapp_c::bench::report::{
-    Floor, Percentiles, Summary, json_number, json_string, micros, new_histogram, record,
+    Ceiling, Floor, Percentiles, Summary, json_number, json_string, micros, new_histogram, record,
 };
 use kvapp_c::bench::verify::{History, Problem, PutOutcome, PutRecord};
 use kvapp_c::bench::workload::{OpKind, Rng, TAG_LEN, Workload, key_name, parse_tag, value_for};
@@ -384,6 +385,19 @@ fn the_floor_adds_one_sync_and_two_round_trips() {
             max_us: 400,
             ..Default::default()
         },
+        ceiling: Ceiling {
+            clients: 64,
+            round_trips: 150_000,
+            seconds: 2.0,
+            machine: Some(MachineShare {
+                cpus: 2,
+                busy_seconds: 3.0,
+                busy: 0.75,
+                softirq: 0.25,
+                iowait: 0.0,
+                idle: 0.25,
+            }),
+        },
     };
     assert_eq!(f.write_floor_us(), 2060);
     assert_eq!(f.shared_write_floor_us(), 3560);
@@ -401,6 +415,30 @@ fn the_floor_adds_one_sync_and_two_round_trips() {
     assert!(fields.contains(&("fdatasync_shared_p50_us", "3500".to_string())));
     assert!(fields.contains(&("fdatasync_shared_p99_us", "12000".to_string())));
     assert!(fields.contains(&("write_floor_shared_us", "3560".to_string())));
+
+    // 150 000 round trips in 2 s on 3 s of CPU: 75 000/s, 20 us each.
+    assert!(
+        text.contains("64 client threads") && text.contains("75000/s, 20.0 us of CPU each"),
+        "{text}"
+    );
+    assert!(fields.contains(&("ceiling_clients", "64".to_string())));
+    assert!(fields.contains(&("ceiling_round_trips_per_s", "75000".to_string())));
+    assert!(fields.contains(&("ceiling_cpu_us_per_round_trip", "20.0".to_string())));
+    assert!((f.ceiling.share_of(30_000.0) - 0.4).abs() < 1e-9);
+    let share = f.ceiling.render_share(30_000.0);
+    assert!(share.contains("is 40% of the 75000"), "{share}");
+
+    // Without the machine's counters there is no CPU figure, and a window
+    // of no length has no rate.
+    let unmeasured = Ceiling {
+        clients: 1,
+        round_trips: 0,
+        seconds: 0.0,
+        machine: None,
+    };
+    assert_eq!(unmeasured.per_second(), 0.0);
+    assert_eq!(unmeasured.cpu_us_per_round_trip(), None);
+    assert_eq!(unmeasured.share_of(10.0), 0.0);
 }
 
 fn put(key: u64, client: u32, seq: u64, start_us: u64, outcome: PutOutcome) -> PutRecord {
@@ -501,7 +539,8 @@ fn verify_promises_nothing_for_keys_without_an_acknowledged_put() {
 #[test]
 fn the_floor_measurements_take_samples_and_clean_up() {
     use kvapp_c::bench::floor::{
-        FloorBudget, measure_fdatasync, measure_loopback_rtt, measure_shared_fdatasync,
+        FloorBudget, measure_fdatasync, measure_loopback_rtt, measure_round_trip_ceiling,
+        measure_shared_fdatasync,
     };
     let dir = tempfile::tempdir().unwrap();
     let budget = FloorBudget {
@@ -523,6 +562,20 @@ fn the_floor_measurements_take_samples_and_clean_up() {
     let rtt = measure_loopback_rtt(budget).unwrap();
     assert!((11..=20).contains(&rtt.count), "{rtt:?}");
     assert!(rtt.p50_us <= rtt.max_us);
+
+    // Eight client threads for 300 ms: every thread connects, and round
+    // trips are counted over the window.
+    let short = FloorBudget {
+        samples: 20,
+        time: Duration::from_millis(300),
+    };
+    let ceiling = measure_round_trip_ceiling(8, short).unwrap();
+    assert_eq!(ceiling.clients, 8);
+    assert!(ceiling.round_trips > 0, "{ceiling:?}");
+    assert!(ceiling.seconds >= 0.3, "{ceiling:?}");
+    assert!(ceiling.per_second() > 0.0);
+    // Zero clients means one.
+    assert_eq!(measure_round_trip_ceiling(0, short).unwrap().clients, 1);
 
     let missing = dir.path().join("no-such-dir");
     let err = measure_fdatasync(&missing, budget).unwrap_err().to_string();

@@ -8,13 +8,23 @@
 //!   a `--local` cluster does.
 //! - A small message's round trip over loopback TCP with `TCP_NODELAY`,
 //!   answered by another thread.
+//! - The ceiling of request round trips: as many client threads as the run
+//!   has, each with its own connection and one message in flight, against
+//!   one thread that answers them all from an epoll loop with one `send`
+//!   per answer and no other work. That is how a node's loop meets its
+//!   clients, so no store served that way does more round trips a second
+//!   on this machine, and each costs at least the CPU measured here.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::report::{Floor, Percentiles, new_histogram, record};
+use super::cpu;
+use super::report::{Ceiling, Floor, Percentiles, new_histogram, record};
+use crate::server::clients::Poller;
 use crate::{Error, Result};
 
 /// Bytes appended per sync, about one small log record.
@@ -40,15 +50,22 @@ impl Default for FloorBudget {
     }
 }
 
-/// Measures all three and returns them together; `writers` is how many
-/// nodes would share the disk (the nodes of a local cluster).
-pub fn measure(sync_dir: &Path, writers: usize, budget: FloorBudget) -> Result<Floor> {
+/// Measures all four and returns them together; `writers` is how many
+/// nodes would share the disk (the nodes of a local cluster), `clients`
+/// how many client threads the ceiling of round trips has.
+pub fn measure(
+    sync_dir: &Path,
+    writers: usize,
+    clients: usize,
+    budget: FloorBudget,
+) -> Result<Floor> {
     Ok(Floor {
         sync_dir: sync_dir.to_path_buf(),
         fdatasync: measure_fdatasync(sync_dir, budget)?,
         shared_writers: writers.max(1),
         shared_fdatasync: measure_shared_fdatasync(sync_dir, writers, budget)?,
         loopback_rtt: measure_loopback_rtt(budget)?,
+        ceiling: measure_round_trip_ceiling(clients, budget)?,
     })
 }
 
@@ -204,4 +221,172 @@ pub fn measure_loopback_rtt(budget: FloorBudget) -> Result<Percentiles> {
     result?;
     echoed.map_err(|e| Error::io("echoing over loopback TCP", e))?;
     Ok(Percentiles::of(&hist))
+}
+
+/// The echo server's token for its listener.
+const LISTENER: u64 = u64::MAX;
+
+/// Runs `clients` threads (at least one), each sending 64-byte messages
+/// (`MESSAGE_BYTES`) over its own loopback connection and waiting for each
+/// answer, against one thread that answers them all from an epoll loop;
+/// counts the round trips and the machine's CPU over `budget.time` (after
+/// a warm-up of a quarter of that, at most 250 ms). `budget.samples` plays
+/// no part: this measures a rate, not latencies.
+pub fn measure_round_trip_ceiling(clients: usize, budget: FloorBudget) -> Result<Ceiling> {
+    let clients = clients.max(1);
+    let setup = |e| Error::io("setting up the round-trip ceiling's echo server", e);
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(setup)?;
+    let addr = listener.local_addr().map_err(setup)?;
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let warmup = (budget.time / 4).min(Duration::from_millis(250));
+    let window = budget.time.max(Duration::from_millis(10));
+    std::thread::scope(|scope| {
+        let server = std::thread::Builder::new()
+            .name("bench-echo".into())
+            .spawn_scoped(scope, || echo_many(listener, clients, &stop))
+            .map_err(|e| Error::io("starting the round-trip ceiling's echo thread", e))?;
+        let mut threads = Vec::with_capacity(clients);
+        let mut failed = None;
+        for i in 0..clients {
+            let spawned = std::thread::Builder::new()
+                .name(format!("bench-ceiling-{i}"))
+                .spawn_scoped(scope, || ping(addr, &stop, &done));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    failed = Some(Error::io("starting a round-trip ceiling client", e));
+                    break;
+                }
+            }
+        }
+        let mut counted = None;
+        if failed.is_none() {
+            std::thread::sleep(warmup);
+            let (n0, c0) = (done.load(Ordering::Relaxed), cpu::sample(&[]));
+            std::thread::sleep(window);
+            let (n1, c1) = (done.load(Ordering::Relaxed), cpu::sample(&[]));
+            counted = Some((
+                n1 - n0,
+                cpu::usage_between(&c0, &c1, cpu::ticks_per_second()),
+            ));
+        }
+        stop.store(true, Ordering::SeqCst);
+        for t in threads {
+            let r = t.join().unwrap_or_else(|_| {
+                Err(Error::Failed("a round-trip ceiling client panicked".into()))
+            });
+            if let Err(e) = r {
+                failed.get_or_insert(e);
+            }
+        }
+        let served = server
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the echo server panicked".into())));
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        served?;
+        let (round_trips, usage) = counted.expect("measured unless a client failed to start");
+        Ok(Ceiling {
+            clients,
+            round_trips,
+            seconds: usage.seconds,
+            machine: usage.machine,
+        })
+    })
+}
+
+/// One client of the ceiling: a round trip at a time until `stop`.
+fn ping(addr: SocketAddr, stop: &AtomicBool, done: &AtomicU64) -> Result<()> {
+    let io = |e| Error::io("a round trip of the ceiling over loopback TCP", e);
+    let mut stream = TcpStream::connect(addr).map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    let msg = [0xa5u8; MESSAGE_BYTES];
+    let mut buf = [0u8; MESSAGE_BYTES];
+    while !stop.load(Ordering::Relaxed) {
+        stream.write_all(&msg).map_err(io)?;
+        stream.read_exact(&mut buf).map_err(io)?;
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The ceiling's server: accepts `clients` connections and answers every
+/// whole message read with one `send` of the same size, until every client
+/// has closed, or `stop` is set and no client has spoken for a second.
+fn echo_many(listener: TcpListener, clients: usize, stop: &AtomicBool) -> Result<()> {
+    let io = |e| Error::io("echoing the round-trip ceiling's messages", e);
+    listener.set_nonblocking(true).map_err(io)?;
+    let poller = Poller::new().map_err(io)?;
+    poller.add(listener.as_raw_fd(), LISTENER).map_err(io)?;
+    // Each connection, with how many bytes of a message it has sent so far.
+    let mut conns: Vec<Option<(TcpStream, usize)>> = Vec::with_capacity(clients);
+    let mut open = 0usize;
+    let mut events = Vec::with_capacity(256);
+    let mut buf = vec![0u8; 16 * 1024];
+    let answer = [0x5au8; MESSAGE_BYTES];
+    let mut quiet_since = Instant::now();
+    loop {
+        poller.wait(&mut events, 50).map_err(io)?;
+        if events.is_empty() {
+            let all_gone = conns.len() == clients && open == 0;
+            if all_gone || (stop.load(Ordering::Relaxed) && quiet_since.elapsed().as_secs() >= 1) {
+                return Ok(());
+            }
+            continue;
+        }
+        quiet_since = Instant::now();
+        for event in &events {
+            if event.u64 == LISTENER {
+                while conns.len() < clients {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nodelay(true).map_err(io)?;
+                            stream.set_nonblocking(true).map_err(io)?;
+                            poller
+                                .add(stream.as_raw_fd(), conns.len() as u64)
+                                .map_err(io)?;
+                            conns.push(Some((stream, 0)));
+                            open += 1;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(io(e)),
+                    }
+                }
+                if conns.len() == clients {
+                    poller.remove(listener.as_raw_fd());
+                }
+                continue;
+            }
+            let slot = &mut conns[event.u64 as usize];
+            let Some((stream, partial)) = slot else {
+                continue;
+            };
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    poller.remove(stream.as_raw_fd());
+                    *slot = None;
+                    open -= 1;
+                }
+                Ok(n) => {
+                    let whole = (*partial + n) / MESSAGE_BYTES;
+                    *partial = (*partial + n) % MESSAGE_BYTES;
+                    for _ in 0..whole {
+                        // One message in flight per client: the socket's
+                        // send buffer always has room.
+                        stream.write_all(&answer).map_err(io)?;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        if stop.load(Ordering::Relaxed) && conns.len() == clients && open == 0 {
+            return Ok(());
+        }
+    }
 }

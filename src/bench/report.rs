@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::cpu::MachineShare;
 use super::workload::Workload;
 
 /// Longest latency a histogram records, in microseconds (one hour); longer
@@ -157,6 +158,61 @@ pub struct Floor {
     pub shared_fdatasync: Percentiles,
     /// Round trip of a small message over loopback TCP with `TCP_NODELAY`.
     pub loopback_rtt: Percentiles,
+    /// The most request round trips a second this machine carries for the
+    /// run's number of client threads (see [`crate::bench::floor`]).
+    pub ceiling: Ceiling,
+}
+
+/// How many round trips `clients` threads, each with its own loopback
+/// connection and one message in flight, got from one thread answering them
+/// all with no other work, and what CPU that took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ceiling {
+    /// Client threads (and connections).
+    pub clients: usize,
+    /// Round trips completed in the window.
+    pub round_trips: u64,
+    /// Length of the window, in seconds.
+    pub seconds: f64,
+    /// The machine's CPUs over the window (`None`: not measured here).
+    pub machine: Option<MachineShare>,
+}
+
+impl Ceiling {
+    /// Round trips a second.
+    pub fn per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.round_trips as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Microseconds of the machine's CPU time (both ends, the kernel's
+    /// included) per round trip.
+    pub fn cpu_us_per_round_trip(&self) -> Option<f64> {
+        let m = self.machine?;
+        (self.round_trips > 0).then(|| m.busy_seconds * 1e6 / self.round_trips as f64)
+    }
+
+    /// What share of the ceiling `ops_per_s` is (0 if there is no ceiling).
+    pub fn share_of(&self, ops_per_s: f64) -> f64 {
+        let top = self.per_second();
+        if top > 0.0 { ops_per_s / top } else { 0.0 }
+    }
+
+    /// The line that sets a run's throughput against the ceiling, ending
+    /// in a newline.
+    pub fn render_share(&self, ops_per_s: f64) -> String {
+        format!(
+            "ceiling: {:.0} ops/s is {:.0}% of the {:.0} round trips/s the floor's {} client \
+             threads got from a server doing nothing else\n",
+            ops_per_s,
+            self.share_of(ops_per_s) * 100.0,
+            self.per_second(),
+            self.clients
+        )
+    }
 }
 
 impl Floor {
@@ -213,12 +269,27 @@ impl Floor {
             micros(self.shared_write_floor_us()),
             self.shared_writers
         );
+        let c = &self.ceiling;
+        let cpu = match (c.cpu_us_per_round_trip(), c.machine) {
+            (Some(us), Some(m)) => format!(
+                ", {us:.1} us of CPU each (machine {:.0}% busy)",
+                m.busy * 100.0
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "floor: ceiling of round trips for {} client threads, one connection each, \
+             answered by one thread doing nothing else: {:.0}/s{cpu}",
+            c.clients,
+            c.per_second(),
+        );
         s
     }
 
     /// Extra `--json` fields for the floor.
     pub fn json_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             ("fdatasync_p50_us", self.fdatasync.p50_us.to_string()),
             ("fdatasync_p99_us", self.fdatasync.p99_us.to_string()),
             ("rtt_p50_us", self.loopback_rtt.p50_us.to_string()),
@@ -237,7 +308,16 @@ impl Floor {
                 "write_floor_shared_us",
                 self.shared_write_floor_us().to_string(),
             ),
-        ]
+            ("ceiling_clients", self.ceiling.clients.to_string()),
+            (
+                "ceiling_round_trips_per_s",
+                json_decimals(self.ceiling.per_second(), 0),
+            ),
+        ];
+        if let Some(us) = self.ceiling.cpu_us_per_round_trip() {
+            fields.push(("ceiling_cpu_us_per_round_trip", json_number(us)));
+        }
+        fields
     }
 }
 

@@ -40,7 +40,7 @@ pub fn run(plan: &Plan) -> Result<()> {
     let addrs: Vec<SocketAddr> = match &plan.target {
         Target::None => {
             let dir = plan.floor_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-            let f = measure_floor(&dir, DEFAULT_SHARED_WRITERS)?;
+            let f = measure_floor(&dir, DEFAULT_SHARED_WRITERS, plan.clients)?;
             print_out(&f.render_text());
             if plan.json {
                 let fields: Vec<String> = f
@@ -55,7 +55,7 @@ pub fn run(plan: &Plan) -> Result<()> {
         Target::Cluster(addrs) => {
             if plan.floor {
                 let dir = plan.floor_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-                floor = Some(measure_floor(&dir, addrs.len())?);
+                floor = Some(measure_floor(&dir, addrs.len(), plan.clients)?);
             }
             addrs.clone()
         }
@@ -71,7 +71,7 @@ pub fn run(plan: &Plan) -> Result<()> {
                     .floor_dir
                     .clone()
                     .unwrap_or_else(|| cluster.dir().to_path_buf());
-                floor = Some(measure_floor(&dir, usize::from(*nodes))?);
+                floor = Some(measure_floor(&dir, usize::from(*nodes), plan.clients)?);
             }
             progress(&format!(
                 "bench: starting {nodes} local node(s), data in {}",
@@ -100,6 +100,9 @@ pub fn run(plan: &Plan) -> Result<()> {
         print_out(&f.render_text());
     }
     print_out(&outcome.summary.render_text());
+    if let Some(f) = &floor {
+        print_out(&f.ceiling.render_share(outcome.summary.ops_per_s()));
+    }
     if let Some(cpu) = &outcome.cpu {
         print_out(&cpu.render_text(outcome.summary.ops));
     }
@@ -113,6 +116,10 @@ pub fn run(plan: &Plan) -> Result<()> {
     let mut extra: Vec<(&str, String)> = Vec::new();
     if let Some(f) = &floor {
         extra.extend(f.json_fields());
+        extra.push((
+            "ceiling_share",
+            super::report::json_decimals(f.ceiling.share_of(outcome.summary.ops_per_s()), 3),
+        ));
     }
     if let Some(cpu) = &outcome.cpu {
         extra.extend(cpu.json_fields(outcome.summary.ops));
@@ -155,13 +162,13 @@ pub fn run(plan: &Plan) -> Result<()> {
 /// nodes there are (`--floor-only`): a three-node cluster's.
 const DEFAULT_SHARED_WRITERS: usize = 3;
 
-fn measure_floor(dir: &std::path::Path, writers: usize) -> Result<Floor> {
+fn measure_floor(dir: &std::path::Path, writers: usize, clients: usize) -> Result<Floor> {
     progress(&format!(
         "bench: measuring the floor (fdatasync in {}, alone and from {writers} writers at once; \
-         loopback round trips)",
+         loopback round trips, one at a time and from {clients} client threads)",
         dir.display()
     ));
-    floor::measure(dir, writers, FloorBudget::default())
+    floor::measure(dir, writers, clients, FloorBudget::default())
 }
 
 fn print_out(text: &str) {

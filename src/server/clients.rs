@@ -156,13 +156,14 @@ impl Waker {
     }
 }
 
-/// The epoll instance of the reader.
-pub(super) struct Poller {
+/// The epoll instance of the reader (also the floor's echo server in
+/// [`crate::bench::floor`]).
+pub(crate) struct Poller {
     fd: OwnedFd,
 }
 
 impl Poller {
-    fn new() -> io::Result<Poller> {
+    pub(crate) fn new() -> io::Result<Poller> {
         // SAFETY: plain syscall; the returned descriptor is checked and owned.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -186,7 +187,7 @@ impl Poller {
         Ok(())
     }
 
-    pub(super) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, true)
     }
 
@@ -194,7 +195,7 @@ impl Poller {
         self.ctl(libc::EPOLL_CTL_MOD, fd, token, readable)
     }
 
-    pub(super) fn remove(&self, fd: RawFd) {
+    pub(crate) fn remove(&self, fd: RawFd) {
         // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
         unsafe {
             libc::epoll_ctl(
@@ -207,7 +208,11 @@ impl Poller {
     }
 
     /// Waits up to `timeout_ms` for events; returns their tokens.
-    fn wait(&self, events: &mut Vec<libc::epoll_event>, timeout_ms: i32) -> io::Result<()> {
+    pub(crate) fn wait(
+        &self,
+        events: &mut Vec<libc::epoll_event>,
+        timeout_ms: i32,
+    ) -> io::Result<()> {
         events.clear();
         let capacity = events.capacity();
         // SAFETY: the kernel writes at most `capacity` events into the
