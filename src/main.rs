@@ -306,7 +306,7 @@ fn run_server(args: ServerArgs) -> Result<()> {
         )));
     }
     let client_addr = match &args.client_bind {
-        Some(a) => resolve(a)?,
+        Some(a) => fixed_port("--client-bind", resolve(a)?)?,
         None => default_client_addr(raft_addr)?,
     };
     let data_dir = args

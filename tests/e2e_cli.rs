@@ -292,6 +292,21 @@ fn server_startup_errors_are_clear() {
             "port 0",
         ),
         (vec!["server", "--bind", "127.0.0.1:0"], "port 0"),
+        // Clients find a node's client port by the flags too.
+        (
+            vec![
+                "server",
+                "--node-id",
+                "1",
+                "--bind",
+                &a,
+                "--cluster",
+                &list,
+                "--client-bind",
+                "127.0.0.1:0",
+            ],
+            "--client-bind 127.0.0.1:0 has port 0",
+        ),
         // --bind is not node 1's entry.
         (
             vec!["server", "--node-id", "1", "--bind", &b, "--cluster", &list],
