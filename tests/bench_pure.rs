@@ -385,7 +385,7 @@ fn the_floor_adds_one_sync_and_two_round_trips() {
             max_us: 400,
             ..Default::default()
         },
-        ceiling: Ceiling {
+        ceiling: Ok(Ceiling {
             clients: 64,
             round_trips: 150_000,
             seconds: 2.0,
@@ -397,7 +397,7 @@ fn the_floor_adds_one_sync_and_two_round_trips() {
                 iowait: 0.0,
                 idle: 0.25,
             }),
-        },
+        }),
     };
     assert_eq!(f.write_floor_us(), 2060);
     assert_eq!(f.shared_write_floor_us(), 3560);
@@ -424,8 +424,9 @@ fn the_floor_adds_one_sync_and_two_round_trips() {
     assert!(fields.contains(&("ceiling_clients", "64".to_string())));
     assert!(fields.contains(&("ceiling_round_trips_per_s", "75000".to_string())));
     assert!(fields.contains(&("ceiling_cpu_us_per_round_trip", "20.0".to_string())));
-    assert!((f.ceiling.share_of(30_000.0) - 0.4).abs() < 1e-9);
-    let share = f.ceiling.render_share(30_000.0);
+    let ceiling = f.ceiling.clone().unwrap();
+    assert!((ceiling.share_of(30_000.0) - 0.4).abs() < 1e-9);
+    let share = ceiling.render_share(30_000.0);
     assert!(share.contains("is 40% of the 75000"), "{share}");
 
     // Without the machine's counters there is no CPU figure, and a window
@@ -439,6 +440,23 @@ fn the_floor_adds_one_sync_and_two_round_trips() {
     assert_eq!(unmeasured.per_second(), 0.0);
     assert_eq!(unmeasured.cpu_us_per_round_trip(), None);
     assert_eq!(unmeasured.share_of(10.0), 0.0);
+
+    // A ceiling that failed says why, and leaves its fields out.
+    let failed = Floor {
+        ceiling: Err("too many open files".into()),
+        ..f
+    };
+    let text = failed.render_text();
+    assert!(
+        text.contains("ceiling of round trips not measured: too many open files"),
+        "{text}"
+    );
+    let fields = failed.json_fields();
+    assert!(
+        fields.iter().all(|(k, _)| !k.starts_with("ceiling")),
+        "{fields:?}"
+    );
+    assert!(fields.contains(&("write_floor_us", "2060".to_string())));
 }
 
 fn put(key: u64, client: u32, seq: u64, start_us: u64, outcome: PutOutcome) -> PutRecord {

@@ -159,8 +159,10 @@ pub struct Floor {
     /// Round trip of a small message over loopback TCP with `TCP_NODELAY`.
     pub loopback_rtt: Percentiles,
     /// The most request round trips a second this machine carries for the
-    /// run's number of client threads (see [`crate::bench::floor`]).
-    pub ceiling: Ceiling,
+    /// run's number of client threads (see [`crate::bench::floor`]), or why
+    /// it could not be measured (too few file descriptors for twice the
+    /// clients' connections, say); the rest of the run goes on without it.
+    pub ceiling: std::result::Result<Ceiling, String>,
 }
 
 /// How many round trips `clients` threads, each with its own loopback
@@ -269,21 +271,27 @@ impl Floor {
             micros(self.shared_write_floor_us()),
             self.shared_writers
         );
-        let c = &self.ceiling;
-        let cpu = match (c.cpu_us_per_round_trip(), c.machine) {
-            (Some(us), Some(m)) => format!(
-                ", {us:.1} us of CPU each (machine {:.0}% busy)",
-                m.busy * 100.0
-            ),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            s,
-            "floor: ceiling of round trips for {} client threads, one connection each, \
-             answered by one thread doing nothing else: {:.0}/s{cpu}",
-            c.clients,
-            c.per_second(),
-        );
+        match &self.ceiling {
+            Ok(c) => {
+                let cpu = match (c.cpu_us_per_round_trip(), c.machine) {
+                    (Some(us), Some(m)) => format!(
+                        ", {us:.1} us of CPU each (machine {:.0}% busy)",
+                        m.busy * 100.0
+                    ),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    s,
+                    "floor: ceiling of round trips for {} client threads, one connection each, \
+                     answered by one thread doing nothing else: {:.0}/s{cpu}",
+                    c.clients,
+                    c.per_second(),
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(s, "floor: ceiling of round trips not measured: {e}");
+            }
+        }
         s
     }
 
@@ -308,14 +316,16 @@ impl Floor {
                 "write_floor_shared_us",
                 self.shared_write_floor_us().to_string(),
             ),
-            ("ceiling_clients", self.ceiling.clients.to_string()),
-            (
-                "ceiling_round_trips_per_s",
-                json_decimals(self.ceiling.per_second(), 0),
-            ),
         ];
-        if let Some(us) = self.ceiling.cpu_us_per_round_trip() {
-            fields.push(("ceiling_cpu_us_per_round_trip", json_number(us)));
+        if let Ok(c) = &self.ceiling {
+            fields.push(("ceiling_clients", c.clients.to_string()));
+            fields.push((
+                "ceiling_round_trips_per_s",
+                json_decimals(c.per_second(), 0),
+            ));
+            if let Some(us) = c.cpu_us_per_round_trip() {
+                fields.push(("ceiling_cpu_us_per_round_trip", json_number(us)));
+            }
         }
         fields
     }

@@ -100,8 +100,8 @@ pub fn run(plan: &Plan) -> Result<()> {
         print_out(&f.render_text());
     }
     print_out(&outcome.summary.render_text());
-    if let Some(f) = &floor {
-        print_out(&f.ceiling.render_share(outcome.summary.ops_per_s()));
+    if let Some(Ok(c)) = floor.as_ref().map(|f| &f.ceiling) {
+        print_out(&c.render_share(outcome.summary.ops_per_s()));
     }
     if let Some(cpu) = &outcome.cpu {
         print_out(&cpu.render_text(outcome.summary.ops));
@@ -116,10 +116,12 @@ pub fn run(plan: &Plan) -> Result<()> {
     let mut extra: Vec<(&str, String)> = Vec::new();
     if let Some(f) = &floor {
         extra.extend(f.json_fields());
-        extra.push((
-            "ceiling_share",
-            super::report::json_decimals(f.ceiling.share_of(outcome.summary.ops_per_s()), 3),
-        ));
+        if let Ok(c) = &f.ceiling {
+            extra.push((
+                "ceiling_share",
+                super::report::json_decimals(c.share_of(outcome.summary.ops_per_s()), 3),
+            ));
+        }
     }
     if let Some(cpu) = &outcome.cpu {
         extra.extend(cpu.json_fields(outcome.summary.ops));
