@@ -127,6 +127,9 @@ impl FileKv {
     }
 }
 
+/// Bytes a snapshot's checksum is taken over at a time.
+const CRC_CHUNK: usize = 64 * 1024;
+
 /// Writes a snapshot of `pairs` (in ascending key order) at `applied` to `w`.
 fn write_snapshot<'a>(
     w: &mut impl Write,
@@ -134,24 +137,30 @@ fn write_snapshot<'a>(
     installed: Option<Term>,
     pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> io::Result<()> {
-    let mut w = CrcWriter {
+    let mut summed = CrcWriter {
         inner: w,
         crc: crc32fast::Hasher::new(),
     };
-    w.write_all(&MAGIC)?;
-    w.write_all(&VERSION.to_le_bytes())?;
-    w.write_all(&applied.to_le_bytes())?;
-    w.write_all(&installed.unwrap_or(0).to_le_bytes())?;
-    w.write_all(&(pairs.len() as u64).to_le_bytes())?;
-    for (k, v) in pairs {
-        w.write_all(&len_field(k)?)?;
-        w.write_all(k)?;
-        w.write_all(&len_field(v)?)?;
-        w.write_all(v)?;
+    {
+        // The checksum is taken over the buffer's large chunks: over each
+        // small field on its own it cost more than the copy.
+        let mut w = BufWriter::with_capacity(CRC_CHUNK, &mut summed);
+        w.write_all(&MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        w.write_all(&applied.to_le_bytes())?;
+        w.write_all(&installed.unwrap_or(0).to_le_bytes())?;
+        w.write_all(&(pairs.len() as u64).to_le_bytes())?;
+        for (k, v) in pairs {
+            w.write_all(&len_field(k)?)?;
+            w.write_all(k)?;
+            w.write_all(&len_field(v)?)?;
+            w.write_all(v)?;
+        }
+        w.flush()?;
     }
-    let crc = w.crc.clone().finalize();
-    w.inner.write_all(&crc.to_le_bytes())?;
-    w.inner.flush()
+    let crc = summed.crc.clone().finalize();
+    summed.inner.write_all(&crc.to_le_bytes())?;
+    summed.inner.flush()
 }
 
 /// Writes a snapshot to a tmp file next to `path`, syncs it and renames it
