@@ -98,3 +98,43 @@ fn the_binary_rejects_bad_flags_with_a_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--client-sched"));
 }
+
+/// `--floor-only` as a user runs it before deploying: the disk, loopback
+/// and the ceiling of round trips for `--clients` threads, in text and
+/// JSON, with no cluster (no speed is asserted).
+#[test]
+fn the_floor_alone_reports_the_disk_loopback_and_the_ceiling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvapp-c"))
+        .args(["bench", "--floor-only", "--clients", "3", "--json"])
+        .arg("--floor-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("floor: fdatasync of a small append in"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("floor: loopback TCP round trip"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("floor: ceiling of round trips for 3 client threads"),
+        "{stdout}"
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    assert!(last.starts_with('{') && last.ends_with('}'), "{last}");
+    assert!(last.contains("\"ceiling_clients\":3,"), "{last}");
+    let rate = last
+        .split("\"ceiling_round_trips_per_s\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(rate.is_some_and(|r| r > 0.0), "{last}");
+    // Its scratch files are gone.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
