@@ -228,16 +228,21 @@ pub fn measure_loopback_rtt(budget: FloorBudget) -> Result<Percentiles> {
 /// The echo server's token for its listener.
 const LISTENER: u64 = u64::MAX;
 
+/// How long a client of the ceiling waits to connect, and then for each
+/// answer, before it gives up.
+const CEILING_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Runs `clients` threads (at least one), each sending 64-byte messages
 /// (`MESSAGE_BYTES`) over its own loopback connection and waiting for each
 /// answer, against one thread that answers them all from an epoll loop;
 /// counts the round trips and the machine's CPU over `budget.time` (after
 /// a warm-up of a quarter of that, at most 250 ms). `budget.samples` plays
-/// no part: this measures a rate, not latencies.
+/// no part: this measures a rate, not latencies. Every connection is made
+/// before any client sends, so the warm-up and the window see them all.
 pub fn measure_round_trip_ceiling(clients: usize, budget: FloorBudget) -> Result<Ceiling> {
     let clients = clients.max(1);
     let setup = |e| Error::io("setting up the round-trip ceiling's echo server", e);
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(setup)?;
+    let listener = ceiling_listener(clients).map_err(setup)?;
     let addr = listener.local_addr().map_err(setup)?;
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
@@ -248,17 +253,38 @@ pub fn measure_round_trip_ceiling(clients: usize, budget: FloorBudget) -> Result
             .name("bench-echo".into())
             .spawn_scoped(scope, || echo_many(listener, clients, &stop))
             .map_err(|e| Error::io("starting the round-trip ceiling's echo thread", e))?;
-        let mut threads = Vec::with_capacity(clients);
         let mut failed = None;
-        for i in 0..clients {
-            let spawned = std::thread::Builder::new()
-                .name(format!("bench-ceiling-{i}"))
-                .spawn_scoped(scope, || ping(addr, &stop, &done));
-            match spawned {
-                Ok(t) => threads.push(t),
+        let mut streams = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            match connect_client(addr) {
+                Ok(s) => streams.push(s),
                 Err(e) => {
-                    failed = Some(Error::io("starting a round-trip ceiling client", e));
+                    failed = Some(Error::io(
+                        "connecting a round-trip ceiling client over loopback TCP",
+                        e,
+                    ));
                     break;
+                }
+            }
+        }
+        let mut threads = Vec::with_capacity(clients);
+        if failed.is_some() {
+            // Closed now, so the server sees them go.
+            drop(streams);
+        } else {
+            let (stop, done) = (&stop, &done);
+            for (i, stream) in streams.into_iter().enumerate() {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("bench-ceiling-{i}"))
+                    .spawn_scoped(scope, move || ping(stream, stop, done));
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(e) => {
+                        // The streams not handed out yet close with the
+                        // iterator.
+                        failed = Some(Error::io("starting a round-trip ceiling client", e));
+                        break;
+                    }
                 }
             }
         }
@@ -301,14 +327,34 @@ pub fn measure_round_trip_ceiling(clients: usize, budget: FloorBudget) -> Result
     })
 }
 
+/// The ceiling's listening socket on a loopback port, with room in its
+/// queue of connections not yet accepted for every client (the kernel caps
+/// that at `net.core.somaxconn`). The standard library listens with room
+/// for 128: once that is full the kernel drops further handshakes, and the
+/// clients retry a second or more later or, when only the last step was
+/// dropped, wait that long for their first answer.
+fn ceiling_listener(clients: usize) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let backlog = libc::c_int::try_from(clients).unwrap_or(libc::c_int::MAX);
+    // SAFETY: plain syscall on a descriptor the listener owns; listening
+    // again on a listening socket only changes the size of its queue.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(listener)
+}
+
+/// One client's connection, made before any client sends.
+fn connect_client(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, CEILING_PATIENCE)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(CEILING_PATIENCE))?;
+    Ok(stream)
+}
+
 /// One client of the ceiling: a round trip at a time until `stop`.
-fn ping(addr: SocketAddr, stop: &AtomicBool, done: &AtomicU64) -> Result<()> {
+fn ping(mut stream: TcpStream, stop: &AtomicBool, done: &AtomicU64) -> Result<()> {
     let io = |e| Error::io("a round trip of the ceiling over loopback TCP", e);
-    let mut stream = TcpStream::connect(addr).map_err(io)?;
-    stream.set_nodelay(true).map_err(io)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
     let msg = [0xa5u8; MESSAGE_BYTES];
     let mut buf = [0u8; MESSAGE_BYTES];
     while !stop.load(Ordering::Relaxed) {
@@ -391,6 +437,32 @@ fn echo_many(listener: TcpListener, clients: usize, stop: &AtomicBool) -> Result
         }
         if stop.load(Ordering::Relaxed) && conns.len() == clients && open == 0 {
             return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_listener_queues_every_client_before_it_accepts() {
+        // Nothing accepts here, as when the echo thread falls behind: with
+        // the standard library's 128 places, the 130th handshake is dropped
+        // and its connect waits out the timeout.
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(4096);
+        let clients = 300.min(somaxconn);
+        let listener = ceiling_listener(clients).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut streams = Vec::with_capacity(clients);
+        for i in 0..clients {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+                Ok(s) => streams.push(s),
+                Err(e) => panic!("connection {i} of {clients} was not queued: {e}"),
+            }
         }
     }
 }
