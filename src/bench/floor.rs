@@ -355,11 +355,21 @@ fn connect_client(addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// One client of the ceiling: a round trip at a time until `stop`.
 fn ping(mut stream: TcpStream, stop: &AtomicBool, done: &AtomicU64) -> Result<()> {
     let io = |e| Error::io("a round trip of the ceiling over loopback TCP", e);
+    // A read that times out fails as "would block" (EAGAIN), which says
+    // nothing of what happened.
+    let patience = stream.read_timeout().ok().flatten();
+    let unanswered = |e: std::io::Error| match (e.kind(), patience) {
+        (ErrorKind::WouldBlock | ErrorKind::TimedOut, Some(t)) => Error::Failed(format!(
+            "a round trip of the ceiling over loopback TCP had no answer within {} ms",
+            t.as_millis()
+        )),
+        _ => io(e),
+    };
     let msg = [0xa5u8; MESSAGE_BYTES];
     let mut buf = [0u8; MESSAGE_BYTES];
     while !stop.load(Ordering::Relaxed) {
         stream.write_all(&msg).map_err(io)?;
-        stream.read_exact(&mut buf).map_err(io)?;
+        stream.read_exact(&mut buf).map_err(unanswered)?;
         done.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -464,5 +474,22 @@ mod tests {
                 Err(e) => panic!("connection {i} of {clients} was not queued: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn a_ceiling_client_without_an_answer_says_so() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // Accepted, and never answered.
+        let (_silent, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let (stop, done) = (AtomicBool::new(false), AtomicU64::new(0));
+        let err = ping(stream, &stop, &done).unwrap_err().to_string();
+        // The kernel keeps the timeout in its ticks: it may read 52 ms.
+        assert!(err.contains("had no answer within"), "{err}");
+        assert!(!err.contains("os error"), "{err}");
+        assert_eq!(done.load(Ordering::Relaxed), 0);
     }
 }
