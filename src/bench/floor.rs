@@ -383,7 +383,8 @@ fn echo_many(listener: TcpListener, clients: usize, stop: &AtomicBool) -> Result
     listener.set_nonblocking(true).map_err(io)?;
     let poller = Poller::new().map_err(io)?;
     poller.add(listener.as_raw_fd(), LISTENER).map_err(io)?;
-    // Each connection, with how many bytes of a message it has sent so far.
+    // Each connection, with how many bytes of its next message it has
+    // received so far.
     let mut conns: Vec<Option<(TcpStream, usize)>> = Vec::with_capacity(clients);
     let mut open = 0usize;
     let mut events = Vec::with_capacity(256);

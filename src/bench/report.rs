@@ -208,11 +208,12 @@ impl Ceiling {
     pub fn render_share(&self, ops_per_s: f64) -> String {
         format!(
             "ceiling: {:.0} ops/s is {:.0}% of the {:.0} round trips/s the floor's {} client \
-             threads got from a server doing nothing else\n",
+             thread{} got from a server doing nothing else\n",
             ops_per_s,
             self.share_of(ops_per_s) * 100.0,
             self.per_second(),
-            self.clients
+            self.clients,
+            if self.clients == 1 { "" } else { "s" }
         )
     }
 }
@@ -280,11 +281,15 @@ impl Floor {
                     ),
                     _ => String::new(),
                 };
+                let threads = if c.clients == 1 {
+                    "1 client thread".to_string()
+                } else {
+                    format!("{} client threads", c.clients)
+                };
                 let _ = writeln!(
                     s,
-                    "floor: ceiling of round trips for {} client threads, one connection each, \
+                    "floor: ceiling of round trips for {threads}, one connection each, \
                      answered by one thread doing nothing else: {:.0}/s{cpu}",
-                    c.clients,
                     c.per_second(),
                 );
             }
