@@ -595,6 +595,36 @@ fn the_floor_measurements_take_samples_and_clean_up() {
     // Zero clients means one.
     assert_eq!(measure_round_trip_ceiling(0, short).unwrap().clients, 1);
 
+    // Interrupted before it starts: nothing is measured and nothing is left.
+    let interrupted = std::sync::atomic::AtomicBool::new(true);
+    let err = kvapp_c::bench::floor::measure(dir.path(), 3, 4, budget, &interrupted)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // Interrupted during the ceiling's window, which would otherwise last
+    // a minute: the whole floor says so instead of returning figures.
+    let long = FloorBudget {
+        samples: 20,
+        time: Duration::from_secs(60),
+    };
+    let interrupted = std::sync::atomic::AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let result = std::thread::scope(|scope| {
+        let measuring =
+            scope.spawn(|| kvapp_c::bench::floor::measure(dir.path(), 1, 2, long, &interrupted));
+        // The disk and round-trip parts take 20 samples each, nearly always
+        // done by then; the ceiling would run for the budget's minute.
+        std::thread::sleep(Duration::from_millis(500));
+        interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+        measuring.join().unwrap()
+    });
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("interrupted"), "{err}");
+    // A deadline, not a speed: the ceiling left its minute early.
+    assert!(started.elapsed() < Duration::from_secs(45), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
     let missing = dir.path().join("no-such-dir");
     let err = measure_fdatasync(&missing, budget).unwrap_err().to_string();
     assert!(err.contains("no-such-dir"), "{err}");

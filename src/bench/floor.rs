@@ -55,19 +55,41 @@ impl Default for FloorBudget {
 /// how many client threads the ceiling of round trips has. Only the
 /// ceiling may fail without failing the whole: it needs two descriptors
 /// per client, twice what the run itself needs.
+///
+/// `interrupted` (set by a Ctrl-C handler, say) is checked between the
+/// measurements and during the ceiling's window; once it is set this
+/// returns [`Error::Failed`] "interrupted" within one measurement's
+/// `budget.time`.
 pub fn measure(
     sync_dir: &Path,
     writers: usize,
     clients: usize,
     budget: FloorBudget,
+    interrupted: &AtomicBool,
 ) -> Result<Floor> {
+    let go_on = || {
+        if interrupted.load(Ordering::SeqCst) {
+            Err(Error::Failed("interrupted".into()))
+        } else {
+            Ok(())
+        }
+    };
+    go_on()?;
+    let fdatasync = measure_fdatasync(sync_dir, budget)?;
+    go_on()?;
+    let shared_fdatasync = measure_shared_fdatasync(sync_dir, writers, budget)?;
+    go_on()?;
+    let loopback_rtt = measure_loopback_rtt(budget)?;
+    go_on()?;
+    let ceiling = ceiling_unless(clients, budget, interrupted).map_err(|e| e.to_string());
+    go_on()?;
     Ok(Floor {
         sync_dir: sync_dir.to_path_buf(),
-        fdatasync: measure_fdatasync(sync_dir, budget)?,
+        fdatasync,
         shared_writers: writers.max(1),
-        shared_fdatasync: measure_shared_fdatasync(sync_dir, writers, budget)?,
-        loopback_rtt: measure_loopback_rtt(budget)?,
-        ceiling: measure_round_trip_ceiling(clients, budget).map_err(|e| e.to_string()),
+        shared_fdatasync,
+        loopback_rtt,
+        ceiling,
     })
 }
 
@@ -240,6 +262,32 @@ const CEILING_PATIENCE: Duration = Duration::from_secs(5);
 /// no part: this measures a rate, not latencies. Every connection is made
 /// before any client sends, so the warm-up and the window see them all.
 pub fn measure_round_trip_ceiling(clients: usize, budget: FloorBudget) -> Result<Ceiling> {
+    ceiling_unless(clients, budget, &AtomicBool::new(false))
+}
+
+/// Sleeps for `d`, or less if `interrupted` is set meanwhile; returns
+/// whether it slept the whole time.
+fn sleep_unless(d: Duration, interrupted: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        if interrupted.load(Ordering::SeqCst) {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+/// [`measure_round_trip_ceiling`], cut short with an error once
+/// `interrupted` is set.
+fn ceiling_unless(
+    clients: usize,
+    budget: FloorBudget,
+    interrupted: &AtomicBool,
+) -> Result<Ceiling> {
     let clients = clients.max(1);
     let setup = |e| Error::io("setting up the round-trip ceiling's echo server", e);
     let listener = ceiling_listener(clients).map_err(setup)?;
@@ -289,15 +337,15 @@ pub fn measure_round_trip_ceiling(clients: usize, budget: FloorBudget) -> Result
             }
         }
         let mut counted = None;
-        if failed.is_none() {
-            std::thread::sleep(warmup);
+        if failed.is_none() && sleep_unless(warmup, interrupted) {
             let (n0, c0) = (done.load(Ordering::Relaxed), cpu::sample(&[]));
-            std::thread::sleep(window);
-            let (n1, c1) = (done.load(Ordering::Relaxed), cpu::sample(&[]));
-            counted = Some((
-                n1 - n0,
-                cpu::usage_between(&c0, &c1, cpu::ticks_per_second()),
-            ));
+            if sleep_unless(window, interrupted) {
+                let (n1, c1) = (done.load(Ordering::Relaxed), cpu::sample(&[]));
+                counted = Some((
+                    n1 - n0,
+                    cpu::usage_between(&c0, &c1, cpu::ticks_per_second()),
+                ));
+            }
         }
         stop.store(true, Ordering::SeqCst);
         for t in threads {
@@ -317,7 +365,9 @@ pub fn measure_round_trip_ceiling(clients: usize, budget: FloorBudget) -> Result
         if let Some(e) = failed {
             return Err(e);
         }
-        let (round_trips, usage) = counted.expect("measured unless a client failed to start");
+        let Some((round_trips, usage)) = counted else {
+            return Err(Error::Failed("interrupted".into()));
+        };
         Ok(Ceiling {
             clients,
             round_trips,

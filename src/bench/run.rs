@@ -40,7 +40,7 @@ pub fn run(plan: &Plan) -> Result<()> {
     let addrs: Vec<SocketAddr> = match &plan.target {
         Target::None => {
             let dir = plan.floor_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-            let f = measure_floor(&dir, DEFAULT_SHARED_WRITERS, plan.clients)?;
+            let f = measure_floor(&dir, DEFAULT_SHARED_WRITERS, plan.clients, &interrupted)?;
             print_out(&f.render_text());
             if plan.json {
                 let fields: Vec<String> = f
@@ -55,7 +55,12 @@ pub fn run(plan: &Plan) -> Result<()> {
         Target::Cluster(addrs) => {
             if plan.floor {
                 let dir = plan.floor_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-                floor = Some(measure_floor(&dir, addrs.len(), plan.clients)?);
+                floor = Some(measure_floor(
+                    &dir,
+                    addrs.len(),
+                    plan.clients,
+                    &interrupted,
+                )?);
             }
             addrs.clone()
         }
@@ -71,7 +76,12 @@ pub fn run(plan: &Plan) -> Result<()> {
                     .floor_dir
                     .clone()
                     .unwrap_or_else(|| cluster.dir().to_path_buf());
-                floor = Some(measure_floor(&dir, usize::from(*nodes), plan.clients)?);
+                floor = Some(measure_floor(
+                    &dir,
+                    usize::from(*nodes),
+                    plan.clients,
+                    &interrupted,
+                )?);
             }
             progress(&format!(
                 "bench: starting {nodes} local node(s), data in {}",
@@ -164,13 +174,18 @@ pub fn run(plan: &Plan) -> Result<()> {
 /// nodes there are (`--floor-only`): a three-node cluster's.
 const DEFAULT_SHARED_WRITERS: usize = 3;
 
-fn measure_floor(dir: &std::path::Path, writers: usize, clients: usize) -> Result<Floor> {
+fn measure_floor(
+    dir: &std::path::Path,
+    writers: usize,
+    clients: usize,
+    interrupted: &AtomicBool,
+) -> Result<Floor> {
     progress(&format!(
         "bench: measuring the floor (fdatasync in {}, alone and from {writers} writers at once; \
          loopback round trips, one at a time and from {clients} client threads)",
         dir.display()
     ));
-    floor::measure(dir, writers, clients, FloorBudget::default())
+    floor::measure(dir, writers, clients, FloorBudget::default(), interrupted)
 }
 
 fn print_out(text: &str) {
