@@ -368,7 +368,7 @@ impl ServerBuilder {
             pending_writes: BTreeMap::new(),
             pending_reads: HashMap::new(),
             released_reads: Vec::new(),
-            replies: Replies::default(),
+            replies: Replies::batched(),
             next_read_id: 1,
             status: status.clone(),
             unflushed: 0,
@@ -769,7 +769,7 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
         }
         self.serve_reads()?;
         self.answer_cut_writes();
-        self.replies.flush_stalled();
+        self.replies.flush();
         if self.unflushed >= self.flush_every
             && self.unflushed_bytes >= FLUSH_LOG_RATIO * self.machine.snapshot_bytes()
         {
@@ -1011,6 +1011,7 @@ impl<L: LogStorage, S: StateStorage> EventLoop<L, S> {
             self.replies
                 .send(&reply, Response::Failed("the node is shutting down".into()));
         }
+        self.replies.flush();
         log::info!("node {} stopped", self.node.config().id);
         synced.and(flushed)
     }
