@@ -838,8 +838,9 @@ fn next_frame(buf: &[u8]) -> Result<Option<usize>> {
 /// and sends them all with one `io_uring` submission in [`Replies::flush`]
 /// (where the kernel offers it): one system call for the batch instead of
 /// one per answer, and the loop is not switched out for a woken client
-/// between two answers. On the 2-core VM that raised 64-client gets by 18%
-/// and left puts as they were (interleaved `bench` rounds, session 11).
+/// between two answers. On the 2-core VM that raised 64-client gets by
+/// about 6% and left puts as they were (interleaved 12 s `bench` rounds,
+/// session 11; a bare echo server gained 23% the same way).
 /// Otherwise ([`Default`]) each answer is sent as it is handed over.
 #[derive(Default)]
 pub(super) struct Replies {
