@@ -991,22 +991,23 @@ impl Batch {
     }
 
     /// Queues `bytes` for `to`, behind its answers queued before; returns
-    /// how many bytes now wait for it.
-    fn queue(&mut self, to: &Reply, bytes: &[u8]) -> usize {
+    /// how many bytes now wait for it if it had answers queued before
+    /// (`None` for its first one of this pass: one answer alone, however
+    /// large, says nothing of a client that does not read).
+    fn queue(&mut self, to: &Reply, bytes: &[u8]) -> Option<usize> {
         if self.closed.contains(&to.id) {
-            return 0;
+            return None;
         }
         if let Some(&i) = self.slot.get(&to.id) {
             let buf = &mut self.queued[i].1;
             buf.extend_from_slice(bytes);
-            return buf.len();
+            return Some(buf.len());
         }
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.extend_from_slice(bytes);
-        let len = buf.len();
         self.slot.insert(to.id, self.queued.len());
         self.queued.push((to.clone(), buf));
-        len
+        None
     }
 
     /// Forgets the answers queued for connection `id` (it is being closed).
@@ -1103,8 +1104,14 @@ impl Replies {
         // (see `stalled`).
         release(to);
         if let Some(batch) = &mut self.batch {
-            if batch.queue(to, &self.buf) > MAX_STALLED_BYTES {
-                // A client that pipelines requests and reads no answers.
+            if batch
+                .queue(to, &self.buf)
+                .is_some_and(|waiting| waiting > MAX_STALLED_BYTES)
+            {
+                // A client that pipelines requests and reads no answers. As
+                // with `stalled`, only answers piling up behind earlier
+                // ones count: a single answer up to the frame limit goes
+                // out whole.
                 log::warn!("a client does not read its answers; closing its connection");
                 batch.drop_answers(to.id);
                 let _ = to.stream.shutdown(Shutdown::Both);
@@ -1287,6 +1294,34 @@ mod tests {
         replies.send(&other, value_answer(40));
         replies.flush();
         assert_eq!(next(&mut other_client), value_answer(40));
+    }
+
+    /// One answer larger than `MAX_STALLED_BYTES` (a `list` of many keys,
+    /// within the frame limit) is no sign of a client that does not read:
+    /// it arrives whole, both ways.
+    #[test]
+    fn one_answer_over_the_stalled_limit_arrives_whole() {
+        for mut replies in both_ways() {
+            let (conn, mut client) = connected_pair();
+            let len = MAX_STALLED_BYTES + (4 << 20);
+            replies.send(&conn, value_answer(len));
+            replies.flush();
+            client
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            let reader = std::thread::spawn(move || {
+                let body = frame::read_frame(&mut client, frame::MAX_FRAME)
+                    .unwrap()
+                    .unwrap();
+                frame::decode::<Response>(&body).unwrap()
+            });
+            while !replies.stalled.is_empty() {
+                replies.flush();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(reader.join().unwrap(), value_answer(len));
+            assert!(!conn.busy.load(Ordering::SeqCst));
+        }
     }
 
     /// An answer over the frame limit no client reads (a `list` of a huge
