@@ -981,13 +981,17 @@ pub(crate) unsafe fn send_all(
 
 impl Batch {
     fn new() -> io::Result<Batch> {
-        Ok(Batch {
-            ring: answer_ring()?,
+        Ok(Batch::with_ring(answer_ring()?))
+    }
+
+    fn with_ring(ring: io_uring::IoUring) -> Batch {
+        Batch {
+            ring,
             queued: Vec::new(),
             slot: HashMap::new(),
             closed: Default::default(),
             spare: Vec::new(),
-        })
+        }
     }
 
     /// Queues `bytes` for `to`, behind its answers queued before; returns
@@ -1174,17 +1178,23 @@ impl Replies {
                 }
                 Err(e) => {
                     log::warn!(
-                        "sending answers through io_uring failed ({e}); sending them one \
-                         system call each from now on"
+                        "sending answers through io_uring failed ({e}); closing their \
+                         connections, and sending answers one system call each from now on"
                     );
                     let mut batch = self.batch.take().expect("checked above");
                     let queued = batch.take();
                     // A send the kernel may still be working on must keep
                     // its buffer and socket, so the ring and this pass's
                     // answers are leaked (this should never happen). Which
-                    // of them went out is unknown, so none is sent again:
-                    // their clients time out and retry, which sessions make
-                    // safe for writes.
+                    // of them went out is unknown, so none is sent again;
+                    // their connections close (which leaves the descriptor
+                    // open), so their clients retry at once, which sessions
+                    // make safe for writes, instead of waiting for an
+                    // answer that may never come, and no later answer can
+                    // follow one still in the ring.
+                    for (to, _) in &queued {
+                        let _ = to.stream.shutdown(Shutdown::Both);
+                    }
                     std::mem::forget(batch);
                     std::mem::forget(queued);
                 }
@@ -1322,6 +1332,46 @@ mod tests {
             assert_eq!(reader.join().unwrap(), value_answer(len));
             assert!(!conn.busy.load(Ordering::SeqCst));
         }
+    }
+
+    /// When the ring itself fails, which of the pass's answers went out is
+    /// unknown: their connections are closed, so their clients ask again
+    /// at once instead of waiting for an answer that may never come, and
+    /// later answers go out one `send` each.
+    #[test]
+    fn a_failing_ring_closes_the_connections_of_its_answers() {
+        // A ring made disabled refuses every submission (EBADFD).
+        let ring = match io_uring::IoUring::builder().setup_r_disabled().build(8) {
+            Ok(ring) => ring,
+            Err(e) => {
+                eprintln!("no io_uring here ({e}); nothing to test");
+                return;
+            }
+        };
+        let mut replies = Replies {
+            batch: Some(Batch::with_ring(ring)),
+            ..Replies::default()
+        };
+        let (conn, mut client) = connected_pair();
+        replies.send(&conn, value_answer(10));
+        replies.flush();
+        assert!(replies.batch.is_none(), "the failed ring is still used");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let read = client.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0)),
+            "the connection stayed open: {read:?}"
+        );
+        let (other, mut other_client) = connected_pair();
+        replies.send(&other, value_answer(20));
+        replies.flush();
+        let body = frame::read_frame(&mut other_client, frame::MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame::decode::<Response>(&body).unwrap(), value_answer(20));
     }
 
     /// An answer over the frame limit no client reads (a `list` of a huge
