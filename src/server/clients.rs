@@ -899,8 +899,9 @@ pub(crate) fn answer_ring() -> io::Result<io_uring::IoUring> {
 /// # Safety
 ///
 /// Every socket and buffer must stay open and alive until this returns,
-/// and, if it returns an error, for as long as the ring exists (leak them,
-/// or drop the ring first): the kernel may still be working on them then.
+/// and, if it returns an error, for good: the kernel may still be working
+/// on them then, and closing the ring does not wait for sends in flight,
+/// so leak them (or use buffers that live as long as the program).
 pub(crate) unsafe fn send_all(
     ring: &mut io_uring::IoUring,
     items: &[(RawFd, &[u8])],
